@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""hierdiff: hierarchical shared-trunk sampling for sets of images, as a ComfyUI node pack.
+
+ComfyUI imports this file; it registers the nodes through the V3 extension entry point.
+"""
+
+import importlib
+import os
+import sys
+
+# The framework-free engine lives beside this file. Appending (not prepending) keeps ComfyUI's own
+# top-level `nodes` module ahead of our `nodes/` folder on sys.path.
+_PACK_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _PACK_ROOT not in sys.path:
+    sys.path.append(_PACK_ROOT)
+
+from comfy_api.latest import ComfyExtension, io  # noqa: E402
+
+WEB_DIRECTORY = "./web"
+
+_NODE_MODULES = ("cluster", "samplers")
+
+
+class HierdiffExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        node_list: list[type[io.ComfyNode]] = []
+        for name in _NODE_MODULES:
+            node_list.extend(importlib.import_module(f".nodes.{name}", __name__).NODES)
+        return node_list
+
+
+async def comfy_entrypoint() -> HierdiffExtension:
+    return HierdiffExtension()

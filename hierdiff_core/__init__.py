@@ -1,0 +1,1 @@
+"""hierdiff core: framework-free hierarchical sampling engine."""

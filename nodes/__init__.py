@@ -1,0 +1,1 @@
+"""ComfyUI adapters: each module exports NODES, the node classes it defines."""
