@@ -9,8 +9,11 @@ import { compactPlan, describe, frame, groupAt, hitTest, layoutPlan, paint, VIEW
 const EXTENSION = "hierdiff.PlanView";
 const WIDGET = "hierdiff_plan_view";
 const PROPERTY = "hierdiff_plan";
-const MIN_HEIGHT = 220;
-const MIN_WIDTH = 420;
+const MIN_WIDTH = 440;
+// The picture asks for room for one label row per prompt (small sets), within these bounds.
+const MIN_HEIGHT = 200;
+const MAX_PREFERRED_HEIGHT = 420;
+const ROW_PX = 15;
 
 const THEME = {
     background: "#17171c",
@@ -45,7 +48,7 @@ class PlanView {
         this.widget = node.addDOMWidget(WIDGET, "hierdiff", this.element, {
             serialize: false, // not an input of the node: the plan is saved in node.properties instead
             hideOnZoom: false,
-            getMinHeight: () => MIN_HEIGHT,
+            getMinHeight: () => this.preferredHeight(),
         });
         this.widget.serialize = false;
 
@@ -60,6 +63,11 @@ class PlanView {
         this.resizeObserver.observe(this.element);
     }
 
+    preferredHeight() {
+        if (!this.layout) return MIN_HEIGHT;
+        return Math.max(MIN_HEIGHT, Math.min(MAX_PREFERRED_HEIGHT, 44 + ROW_PX * this.layout.n));
+    }
+
     show(view) {
         try {
             this.layout = layoutPlan(view);
@@ -69,6 +77,7 @@ class PlanView {
             this.error = `cannot draw this plan: ${err.message}`;
         }
         this.hover = null;
+        fitNode(this.node);
         this.requestPaint();
     }
 
@@ -142,13 +151,16 @@ class PlanView {
     }
 }
 
+/** Grow the node (never shrink it) so that the picture gets the room it asks for. */
+function fitNode(node) {
+    const [w, h] = node.computeSize();
+    const size = [Math.max(node.size[0], w, MIN_WIDTH), Math.max(node.size[1], h)];
+    if (size[0] !== node.size[0] || size[1] !== node.size[1]) node.setSize(size);
+    node.setDirtyCanvas(true, true);
+}
+
 function viewOf(node) {
-    if (!node.hierdiffView) {
-        node.hierdiffView = new PlanView(node);
-        const [w, h] = node.computeSize();
-        node.setSize([Math.max(node.size[0], w, MIN_WIDTH), Math.max(node.size[1], h)]);
-        node.setDirtyCanvas(true, true);
-    }
+    if (!node.hierdiffView) node.hierdiffView = new PlanView(node);
     return node.hierdiffView;
 }
 
