@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Fixtures that run hierdiff on the real ComfyUI host (``.comfyui/``, made by ``tools/setup_env.sh``).
+
+Fixtures (all session-scoped):
+
+``comfy_host`` -> ``host.InProcessHost``
+    ComfyUI's executor in this process, on the CPU, with the pack (module ``custom_nodes.hierdiff``) and
+    the testkit (``custom_nodes.hierdiff_testkit``) loaded by ``nodes.load_custom_node``; the session
+    fails loudly, with the import error, if either does not load.
+    ``comfy_host.run(prompt) -> RunResult`` validates (``execution.validate_prompt``) and executes
+    (``execution.PromptExecutor``) an API-format prompt; ``RunResult.outputs`` is node id -> UI output
+    (as in /history), ``RunResult.events("progress")`` etc. are the messages sent, and
+    ``RunResult.image_paths(node_id)`` the files a SaveImage node wrote. Failures raise
+    ``host.ComfyHostError`` with ComfyUI's error text. ``comfy_host.node_classes`` is ComfyUI's
+    NODE_CLASS_MAPPINGS; ``comfy_host.node_ids_of(host.PACK_LINK_NAME)`` the pack's node ids.
+
+``comfy_server`` -> ``host.ComfyServer``
+    A real headless server (``main.py --cpu``) on a free 127.0.0.1 port, all folders in a temporary
+    base directory, the same two packs in its ``custom_nodes/``. ``object_info()``, ``queue(prompt) ->
+    prompt_id``, ``wait(prompt_id) -> history entry``, ``run(prompt) -> history entry``,
+    ``view(image) -> bytes``; ``log_text()`` for its log. Stopped by process id at the end.
+
+``tiny_model`` -> ``(ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE)``
+    The testkit's tiny SD1.5-architecture model with random weights, loaded in-process (needs
+    ``comfy_host``). Node id of its loader: ``host.TINY_LOADER``; ``host.basic_workflow(prompts)`` builds
+    load -> encode -> KSampler -> decode -> save.
+
+ComfyUI reads its arguments when ``comfy.model_management`` and ``folder_paths`` are first imported,
+so this file prepares them at import time: test modules in this folder may ``import comfy...`` at the
+top, but must not import ComfyUI's ``nodes``/``execution`` before ``comfy_host`` has started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from host import ComfyHostError, ComfyServer, InProcessHost, prepare_comfy_imports, tiny_model_module
+
+if not (Path(__file__).resolve().parents[2] / ".comfyui" / "main.py").is_file():
+    raise RuntimeError("the ComfyUI host is missing: run tools/setup_env.sh (make test does)")
+
+# One base directory per test process for the in-process host (models, output, temp, input, user).
+_IN_PROCESS_BASE = Path(tempfile.mkdtemp(prefix="hierdiff-comfy-"))
+prepare_comfy_imports(_IN_PROCESS_BASE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_IN_PROCESS_BASE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def comfy_host() -> InProcessHost:
+    try:
+        return InProcessHost.start(_IN_PROCESS_BASE)
+    except ComfyHostError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory):
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_server"))
+    try:
+        server.start()
+    except ComfyHostError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        failures = server.import_failures()
+        if failures:
+            pytest.fail(
+                "ComfyUI server could not import a custom node pack:\n"
+                + "\n".join(failures)
+                + "\n"
+                + server.log_tail(),
+                pytrace=False,
+            )
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(comfy_host: InProcessHost):
+    return tiny_model_module().load_tiny_model()

@@ -1,0 +1,498 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Run hierdiff on the real ComfyUI host, in this process or as a headless server.
+
+Both hosts see a custom_nodes folder holding two links: ``hierdiff`` -> the repository root (the pack;
+the link's name is the module name ComfyUI gives it) and ``hierdiff_testkit`` -> ``testkit/``.
+A pack that fails to import makes ComfyUI log a warning and carry on; here it raises, with the error.
+
+The in-process host uses ComfyUI's own pieces (``nodes.load_custom_node``, ``execution.validate_prompt``,
+``execution.PromptExecutor``); ComfyUI keeps module-level state, so there is one per process.
+The server host is ``main.py`` in a subprocess on a free 127.0.0.1 port, driven over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMFY_ROOT = REPO_ROOT / ".comfyui"
+PACK_LINK_NAME = "hierdiff"
+TESTKIT_LINK_NAME = "hierdiff_testkit"
+TINY_LOADER = "HierTestTinyModelLoader"
+
+
+class ComfyHostError(RuntimeError):
+    """ComfyUI rejected or failed a prompt, or a pack failed to load; the message carries ComfyUI's text."""
+
+
+def make_custom_nodes_folder(base_dir: Path) -> Path:
+    """Create ``base_dir/custom_nodes`` holding links to the pack and the testkit; return the folder."""
+    folder = base_dir / "custom_nodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, target in ((PACK_LINK_NAME, REPO_ROOT), (TESTKIT_LINK_NAME, REPO_ROOT / "testkit")):
+        link = folder / name
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    return folder
+
+
+def basic_workflow(
+    prompts: list[str] | str,
+    *,
+    seed: int = 1,
+    steps: int = 8,
+    width: int = 128,
+    height: int = 128,
+    cfg: float = 7.0,
+    sampler_name: str = "euler",
+    scheduler: str = "normal",
+    negative: str = "",
+    filename_prefix: str = "hierdiff_test",
+    checkpoint: str = "",
+) -> dict[str, dict]:
+    """An API-format prompt: tiny model loader -> CLIPTextEncode -> KSampler -> VAEDecode -> SaveImage.
+
+    ``prompts`` is one text or a list; each text gets its own KSampler (batch of one, same seed), all
+    sharing the loader and the negative. Node ids are stable: "loader", "negative", and for text i
+    "positive_i", "latent_i", "sampler_i", "decode_i", "save_i".
+    """
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    graph: dict[str, dict] = {
+        "loader": {"class_type": TINY_LOADER, "inputs": {"checkpoint": checkpoint}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": negative}},
+    }
+    for i, text in enumerate(texts):
+        graph[f"positive_{i}"] = {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"clip": ["loader", 1], "text": text},
+        }
+        graph[f"latent_{i}"] = {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1},
+        }
+        graph[f"sampler_{i}"] = {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["loader", 0],
+                "positive": [f"positive_{i}", 0],
+                "negative": ["negative", 0],
+                "latent_image": [f"latent_{i}", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": sampler_name,
+                "scheduler": scheduler,
+                "denoise": 1.0,
+            },
+        }
+        graph[f"decode_{i}"] = {
+            "class_type": "VAEDecode",
+            "inputs": {"samples": [f"sampler_{i}", 0], "vae": ["loader", 2]},
+        }
+        graph[f"save_{i}"] = {
+            "class_type": "SaveImage",
+            "inputs": {"images": [f"decode_{i}", 0], "filename_prefix": f"{filename_prefix}_{i}"},
+        }
+    return graph
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process host
+# --------------------------------------------------------------------------------------------------
+
+
+def prepare_comfy_imports(base_dir: Path) -> None:
+    """Make ComfyUI importable in this process, on the CPU, with its folders under ``base_dir``.
+
+    Must run before anything imports ``comfy.model_management`` or ``folder_paths``: both read these
+    arguments at import time. Calling it again with the same ``base_dir`` does nothing.
+    """
+    if str(COMFY_ROOT) not in sys.path:
+        sys.path.insert(0, str(COMFY_ROOT))
+    from comfy.cli_args import args
+
+    if args.base_directory == str(base_dir) and args.cpu:
+        return
+    if "comfy.model_management" in sys.modules or "folder_paths" in sys.modules:
+        raise ComfyHostError("ComfyUI was imported before prepare_comfy_imports set its arguments")
+    args.cpu = True
+    args.base_directory = str(base_dir)
+
+
+class RecordingServer:
+    """The part of ComfyUI's PromptServer that PromptExecutor talks to; records every message it sends.
+
+    ``messages`` is a list of ``(event, data)``: "execution_start", "executing", "progress",
+    "progress_state", "executed" (a node's UI output), "execution_error", "execution_success", ...
+    """
+
+    def __init__(self) -> None:
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.last_prompt_id: str | None = None
+        self.sockets_metadata: dict[str, dict] = {}
+        self.messages: list[tuple[str, Any]] = []
+
+    def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
+        self.messages.append((event, data))
+
+    def queue_updated(self) -> None:
+        pass
+
+    def events(self, event: str) -> list[Any]:
+        """The data of every recorded message of one kind, in order."""
+        return [data for name, data in self.messages if name == event]
+
+
+@dataclass
+class RunResult:
+    """What one in-process prompt produced.
+
+    ``outputs``: node id -> UI output, as in ``/history/<id>["outputs"]`` (e.g. SaveImage's
+    ``{"images": [{"filename", "subfolder", "type"}]}``). ``messages``: ``(event, data)`` sent during
+    the run. ``output_dir``: ComfyUI's output folder, where "output"-type files are.
+    """
+
+    prompt_id: str
+    outputs: dict[str, dict]
+    messages: list[tuple[str, Any]]
+    output_dir: Path
+
+    def events(self, event: str) -> list[Any]:
+        return [data for name, data in self.messages if name == event]
+
+    def image_paths(self, node_id: str) -> list[Path]:
+        """Files of a SaveImage-like node's ``images`` UI output."""
+        return [
+            self.output_dir / image["subfolder"] / image["filename"]
+            for image in self.outputs[node_id]["images"]
+        ]
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+class InProcessHost:
+    """ComfyUI's executor in this process, with the pack and the testkit loaded from a base directory.
+
+    Build it with :meth:`start` (once per process). ``run(prompt)`` validates and executes an API-format
+    prompt and returns a :class:`RunResult`, raising :class:`ComfyHostError` with ComfyUI's error text.
+    """
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.server = RecordingServer()
+        self.loaded_modules: dict[str, str] = {}  # link name -> module name in sys.modules
+
+    @classmethod
+    def start(cls, base_dir: Path) -> InProcessHost:
+        """Import ComfyUI (after :func:`prepare_comfy_imports` with the same ``base_dir``), initialise
+        its built-in nodes, and load the pack and the testkit through ``nodes.load_custom_node``."""
+        host = cls(base_dir)
+        host._import_comfy()
+        host._load_packs()
+        return host
+
+    def _import_comfy(self) -> None:
+        prepare_comfy_imports(self.base_dir)
+        import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
+
+        import nodes
+
+        if Path(nodes.__file__).resolve().parent != COMFY_ROOT.resolve():
+            raise ComfyHostError(f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py")
+        import comfy.utils
+
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        comfy.utils.set_progress_bar_global_hook(self._progress_hook)
+
+    def _progress_hook(self, value, total, preview_image, prompt_id=None, node_id=None) -> None:
+        # What ComfyUI's main.py installs: progress goes to the progress registry and to the client,
+        # and every progress update is a point where a Cancel takes effect.
+        import comfy.model_management
+        from comfy_execution.progress import get_progress_state
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        if context is not None:
+            prompt_id = prompt_id or context.prompt_id
+            node_id = node_id or context.node_id
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        prompt_id = prompt_id or self.server.last_prompt_id
+        node_id = node_id or self.server.last_node_id
+        get_progress_state().update_progress(node_id, value, total, preview_image)
+        self.server.send_sync(
+            "progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id}
+        )
+
+    def _load_packs(self) -> None:
+        import nodes
+
+        folder = make_custom_nodes_folder(self.base_dir)
+        for name in (PACK_LINK_NAME, TESTKIT_LINK_NAME):
+            path = str(folder / name)
+            capture = _LogCapture()
+            logging.getLogger().addHandler(capture)
+            try:
+                loaded = asyncio.run(nodes.load_custom_node(path))
+            finally:
+                logging.getLogger().removeHandler(capture)
+            module_name = path.replace(".", "_x_")  # how load_custom_node names a folder's module
+            if not loaded:
+                raise ComfyHostError(
+                    f"ComfyUI failed to load the custom node pack {name!r} ({path}):\n"
+                    + "\n".join(capture.lines)
+                    + _reproduce_entrypoint_error(module_name)
+                )
+            self.loaded_modules[name] = module_name
+
+    @property
+    def node_classes(self) -> dict[str, type]:
+        """ComfyUI's NODE_CLASS_MAPPINGS (node id -> class), all packs included."""
+        import nodes
+
+        return nodes.NODE_CLASS_MAPPINGS
+
+    def node_ids_of(self, link_name: str) -> set[str]:
+        """Node ids registered by one of the loaded packs (``PACK_LINK_NAME`` or ``TESTKIT_LINK_NAME``)."""
+        module = f"custom_nodes.{link_name}"
+        return {
+            node_id
+            for node_id, cls in self.node_classes.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", None) == module
+        }
+
+    @property
+    def output_dir(self) -> Path:
+        import folder_paths
+
+        return Path(folder_paths.get_output_directory())
+
+    def run(self, prompt: dict[str, dict], *, client_id: str | None = "hierdiff-tests") -> RunResult:
+        """Validate and execute an API-format prompt; return its UI outputs and the messages sent.
+
+        Each run uses a fresh executor (no outputs cached between runs). ``client_id`` makes the
+        executor send per-client messages ("executed", "execution_error", ...) to the recorder.
+        """
+        import execution
+
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs_to_execute, node_errors = asyncio.run(
+            execution.validate_prompt(prompt_id, prompt, None)
+        )
+        if not valid:
+            raise ComfyHostError(
+                "ComfyUI rejected the prompt: "
+                + json.dumps({"error": error, "node_errors": node_errors}, indent=1)
+            )
+        self.server.messages.clear()
+        self.server.last_prompt_id = prompt_id
+        executor = execution.PromptExecutor(self.server, cache_args={"lru": 0, "ram": 0})
+        extra_data = {"client_id": client_id} if client_id is not None else {}
+        executor.execute(prompt, prompt_id, extra_data, outputs_to_execute)
+        messages = list(self.server.messages)
+        if not executor.success:
+            failures = [data for event, data in executor.status_messages if event.startswith("execution_")]
+            raise ComfyHostError(f"ComfyUI failed the prompt: {_describe_failure(failures)}")
+        return RunResult(prompt_id, executor.history_result["outputs"], messages, self.output_dir)
+
+
+def _reproduce_entrypoint_error(module_name: str) -> str:
+    """A failing V3 entry point is logged by ComfyUI without its traceback; call it again to get one."""
+    import traceback
+
+    module = sys.modules.get(module_name)
+    entrypoint = getattr(module, "comfy_entrypoint", None)
+    if entrypoint is None:
+        return ""
+
+    async def node_list() -> list:
+        extension = await entrypoint()
+        return await extension.get_node_list()
+
+    try:
+        asyncio.run(node_list())
+    except Exception:  # the error is the result here: it goes into the message
+        return "\n" + traceback.format_exc()
+    return ""
+
+
+def _describe_failure(status: list[dict]) -> str:
+    for data in status:
+        if "exception_message" in data:
+            return (
+                f"node {data.get('node_id')} ({data.get('node_type')}): {data['exception_type']}: "
+                f"{data['exception_message']}\n" + "".join(data.get("traceback", []))
+            )
+    return json.dumps(status, default=str)
+
+
+# --------------------------------------------------------------------------------------------------
+# Real headless server
+# --------------------------------------------------------------------------------------------------
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    """A headless ComfyUI server (``main.py``) in a subprocess, bound to 127.0.0.1 on a free port.
+
+    Everything it writes (models, outputs, user data, its log) goes under ``base_dir``.
+    """
+
+    base_dir: Path
+    python: str = sys.executable
+    port: int = field(default_factory=free_loopback_port)
+    process: subprocess.Popen | None = None
+    client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "server.log"
+
+    def start(self, timeout: float = 120.0) -> ComfyServer:
+        """Start the server and wait until ``GET /object_info`` answers; raise with the log otherwise."""
+        make_custom_nodes_folder(self.base_dir)
+        command = [
+            self.python, str(COMFY_ROOT / "main.py"),
+            "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+            "--database-url", "sqlite:///:memory:", "--base-directory", str(self.base_dir),
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=COMFY_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ComfyHostError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get_json("/object_info", timeout=5)
+                return self
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise ComfyHostError(f"ComfyUI did not answer /object_info within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server by its process id: terminate, then kill if it has not exited in 10 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def import_failures(self) -> list[str]:
+        """Log lines where ComfyUI reports a custom node pack that failed to import."""
+        markers = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint")
+        return [line for line in self.log_text().splitlines() if any(m in line for m in markers)]
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    def get_json(self, path: str, timeout: float = 30) -> Any:
+        import requests
+
+        response = requests.get(self.url + path, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+
+    def object_info(self) -> dict[str, dict]:
+        """``GET /object_info``: node id -> its schema as the frontend sees it."""
+        return self.get_json("/object_info")
+
+    def queue(self, prompt: dict[str, dict]) -> str:
+        """``POST /prompt``; return the prompt id. Raise with ComfyUI's validation errors if rejected."""
+        import requests
+
+        response = requests.post(
+            self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=30
+        )
+        if response.status_code != 200:
+            raise ComfyHostError(f"ComfyUI rejected the prompt ({response.status_code}): {response.text}")
+        return response.json()["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 120.0) -> dict:
+        """Poll ``GET /history/<id>`` until the prompt finished; return its history entry.
+
+        Raise :class:`ComfyHostError` with the node's error if it failed, or on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None and entry.get("status", {}).get("completed") is not None:
+                status = entry["status"]
+                if status.get("status_str") != "success":
+                    failures = [
+                        data for event, data in status.get("messages", []) if event.startswith("execution_")
+                    ]
+                    raise ComfyHostError(f"ComfyUI failed the prompt: {_describe_failure(failures)}")
+                return entry
+            if self.process is not None and self.process.poll() is not None:
+                raise ComfyHostError(f"ComfyUI exited while running the prompt:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise ComfyHostError(f"prompt {prompt_id} did not finish within {timeout} s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict[str, dict], timeout: float = 120.0) -> dict:
+        """Queue a prompt and wait for it; return its history entry."""
+        return self.wait(self.queue(prompt), timeout=timeout)
+
+    def view(self, image: dict) -> bytes:
+        """The bytes of an output file named in a history entry (``{"filename", "subfolder", "type"}``)."""
+        import requests
+
+        response = requests.get(
+            self.url + "/view",
+            params={"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.content
+
+
+def tiny_model_module():
+    """The testkit's ``tiny_model`` module, importable once ComfyUI is on sys.path (in-process host)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.append(str(REPO_ROOT))  # appended: ComfyUI's own `nodes` must stay ahead of ours
+    import importlib
+
+    return importlib.import_module("testkit.tiny_model")
