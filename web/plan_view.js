@@ -29,7 +29,8 @@ export function compactPlan(plan, summary) {
     }
     const steps = plan.steps;
     const mergesIn = (plan.linkage && plan.linkage.merges) || [];
-    const n = mergesIn.length + 1;
+    const n = plan.n_prompts ?? mergesIn.length + 1;
+    if (mergesIn.length !== n - 1) throw new Error(`${n} prompts need ${n - 1} merges, got ${mergesIn.length}`);
     const merges = new Array(2 * mergesIn.length);
     mergesIn.forEach((m, i) => {
         merges[2 * i] = m[0];
@@ -56,10 +57,12 @@ export function compactPlan(plan, summary) {
     };
 }
 
-/** "N images, E model evaluations instead of K x N, X % saved" */
+/** "N images, E model evaluations instead of K x N = T, X % saved", as hierdiff_core.report writes it. */
 export function summaryLine(n, steps, evaluations, saving) {
+    const f = (v) => v.toLocaleString("en-US");
     const pct = (100 * saving).toFixed(1);
-    return `${n} images, ${evaluations} model evaluations instead of ${steps} x ${n}, ${pct} % saved`;
+    return `${f(n)} images, ${f(evaluations)} model evaluations instead of ${steps} x ${f(n)} = ${f(steps * n)}, `
+        + `${pct} % saved`;
 }
 
 /**
