@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // ComfyUI frontend extension of the hierdiff pack: after one of our nodes runs, draw its plan (which
 // prompts share which steps) as a dendrogram against the step axis, with the savings line. The plan
-// arrives in the node's UI output (`hierdiff_plan`, `hierdiff_summary`) and is kept, compacted, in
-// node.properties so that it is saved with the workflow and drawn again on load.
+// arrives in the node's UI output (`hierdiff_plan`, `hierdiff_summary`; Prompt Set Cluster reports the
+// bare tree as `hierdiff_tree`, drawn against merge height) and is kept, compacted, in node.properties
+// so that it is saved with the workflow and drawn again on load.
 import { app } from "../../scripts/app.js";
-import { compactPlan, describe, frame, groupAt, hitTest, layoutPlan, paint, VIEW_FORMAT } from "./plan_view.js";
+import { compactPlan, compactTree, describe, frame, groupAt, hitTest, layoutPlan, paint, VIEW_FORMAT } from "./plan_view.js";
 
 const EXTENSION = "hierdiff.PlanView";
 const WIDGET = "hierdiff_plan_view";
@@ -164,15 +165,18 @@ function viewOf(node) {
     return node.hierdiffView;
 }
 
-/** Take a plan from a node's UI output: a JSON string (or an already parsed object). */
+/** Take a plan (or a bare tree) from a node's UI output: a JSON string or an already parsed object. */
 function receivePlan(node, message) {
-    const raw = message?.hierdiff_plan?.[0];
+    const plan = message?.hierdiff_plan?.[0];
+    const tree = message?.hierdiff_tree?.[0];
+    const raw = plan ?? tree;
     if (raw === undefined || raw === null) return;
     const summary = message?.hierdiff_summary?.[0];
     const view = viewOf(node);
     let compact;
     try {
-        compact = compactPlan(typeof raw === "string" ? JSON.parse(raw) : raw, summary);
+        const data = typeof raw === "string" ? JSON.parse(raw) : raw;
+        compact = plan != null ? compactPlan(data, summary) : compactTree(data, summary);
     } catch (err) {
         view.showError(`cannot draw this plan: ${err.message}`);
         return;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // Framework-free model and painter for a hierdiff plan (the JSON of hierdiff_core.schedule
-// BranchSchedule.to_dict()): a dendrogram laid against the step axis. No ComfyUI imports here, so the
-// layout can be tested under plain Node and the painter reused by any canvas.
+// BranchSchedule.to_dict()): a dendrogram laid against the step axis. A bare tree (PromptTree.to_dict(),
+// what Prompt Set Cluster reports before any steps are known) is drawn the same way against its merge
+// heights. No ComfyUI imports here, so the layout can be tested under plain Node.
 
 export const VIEW_FORMAT = "hierdiff.plan.view";
 
@@ -14,7 +15,7 @@ export const MIN_LABEL_ROW_PX = 11;
 const HEADER_PX = 20;
 const AXIS_PX = 20;
 const PAD_PX = 8;
-const AXIS_TITLE_PX = 34;
+const AXIS_TITLE_PX = 42;
 
 /**
  * Reduce a plan (schedule.to_dict()) to what drawing needs, as a small object that is stored with the
@@ -44,6 +45,8 @@ export function compactPlan(plan, summary) {
     return {
         format: VIEW_FORMAT,
         version: 1,
+        kind: "plan",
+        axis: { title: "step", start: 0, stop: steps },
         prompts: Array.isArray(plan.prompts) ? plan.prompts.slice(0, n) : null,
         n_prompts: n,
         steps,
@@ -54,6 +57,64 @@ export function compactPlan(plan, summary) {
         independent_evaluations: plan.independent_evaluations,
         saving: plan.saving,
         summary: summary || summaryLine(n, steps, plan.model_evaluations, plan.saving),
+    };
+}
+
+// Columns of a tree drawn against merge height: the x axis is cut into this many bins.
+const TREE_COLUMNS = 200;
+
+/**
+ * A view of a bare tree (PromptTree.to_dict()): x runs from the root's merge height (left) down to 0
+ * (right), a group lasts from its parent's merge to its own. Same shape as compactPlan's result, with
+ * "steps" standing for columns of height, so the same layout, painter and hit test serve both.
+ */
+export function compactTree(tree, summary) {
+    if (!tree || tree.format !== "hierdiff.tree") {
+        throw new Error("not a hierdiff tree: 'format' must be 'hierdiff.tree'");
+    }
+    const mergesIn = tree.merges || [];
+    const n = tree.n_prompts ?? mergesIn.length + 1;
+    if (mergesIn.length !== n - 1) throw new Error(`${n} prompts need ${n - 1} merges, got ${mergesIn.length}`);
+    const total = 2 * n - 1;
+    const height = new Float64Array(total); // effective: never below a child's (scipy 'distance' cuts)
+    const parent = new Int32Array(total).fill(-1);
+    const size = new Int32Array(total).fill(1);
+    const merges = [];
+    mergesIn.forEach(([a, b, h], i) => {
+        height[n + i] = Math.max(h, height[a], height[b]);
+        parent[a] = n + i;
+        parent[b] = n + i;
+        size[n + i] = size[a] + size[b];
+        merges.push(a, b);
+    });
+    const top = height[total - 1] > 0 ? height[total - 1] : 1;
+    // The first columns are the root's own, before its merge height, so the root is drawn too.
+    const rootColumns = Math.round(TREE_COLUMNS / 20);
+    // ... and the last column is the leaves' own, so every prompt shows as a leaf however close its merge.
+    const column = (h) => Math.min(TREE_COLUMNS - 1,
+        rootColumns + Math.round((1 - h / top) * (TREE_COLUMNS - 1 - rootColumns)));
+    const first = (v) => (parent[v] < 0 ? 0 : column(height[parent[v]]));
+    const end = (v) => (v < n ? TREE_COLUMNS : column(height[v]));
+    const nodes = [];
+    for (let v = 0; v < total; v++) {
+        if (end(v) <= first(v)) continue;
+        let p = parent[v];
+        while (p >= 0 && end(p) <= first(p)) p = parent[p];
+        nodes.push(v, p, size[v], Number(height[v].toPrecision(4)), first(v), end(v));
+    }
+    return {
+        format: VIEW_FORMAT,
+        version: 1,
+        kind: "tree",
+        axis: { title: "merge height", start: top * (1 + rootColumns / (TREE_COLUMNS - 1 - rootColumns)),
+            stop: 0 },
+        prompts: Array.isArray(tree.prompts) ? tree.prompts.slice(0, n) : null,
+        n_prompts: n,
+        steps: TREE_COLUMNS,
+        merges,
+        nodes,
+        summary: summary || `${n.toLocaleString("en-US")} prompts, ${tree.method} linkage: `
+            + "a hierarchical sampler shows which steps they share",
     };
 }
 
@@ -253,13 +314,16 @@ export function paint(ctx, layout, fr, theme, highlight) {
     ctx.moveTo(x(0), fr.plotBottom + 2);
     ctx.lineTo(x(layout.steps), fr.plotBottom + 2);
     ctx.stroke();
-    const every = Math.max(1, Math.ceil(layout.steps / Math.max(1, Math.floor((fr.right - fr.left) / 40))));
+    const axis = layout.view.axis;
+    const ticks = Math.max(1, Math.floor((fr.right - fr.left) / 48));
+    const every = layout.view.kind === "plan" ? Math.max(1, Math.ceil(layout.steps / ticks)) : layout.steps / ticks;
     ctx.textAlign = "center";
-    for (let k = 0; k <= layout.steps; k += every) {
-        ctx.fillText(String(k), x(k), fr.plotBottom + 12);
+    for (let k = 0; k <= layout.steps + 1e-9; k += every) {
+        const value = axis.start + ((axis.stop - axis.start) * k) / layout.steps;
+        ctx.fillText(layout.view.kind === "plan" ? String(value) : value.toPrecision(2), x(k), fr.plotBottom + 12);
     }
     ctx.textAlign = "left";
-    ctx.fillText("step", fr.right + PAD_PX, fr.plotBottom + 12);
+    ctx.fillText(layout.view.kind === "plan" ? "step" : "height", fr.right + PAD_PX, fr.plotBottom + 12);
     return painted;
 }
 
@@ -269,9 +333,14 @@ export function describe(layout, hit, maxPrompts = 8) {
     if (!g) return "";
     const prompts = layout.view.prompts;
     const members = membersOf(layout, g.id);
-    const head = g.size === 1
-        ? `1 prompt, alone from step ${g.first}`
-        : `${g.size} prompts share steps ${g.first}\u2013${g.end - 1} (of ${layout.steps})`;
+    let head;
+    if (layout.view.kind === "tree") {
+        head = g.size === 1 ? "1 prompt" : `${g.size} prompts, merged at height ${g.height}`;
+    } else {
+        head = g.size === 1
+            ? `1 prompt, alone from step ${g.first}`
+            : `${g.size} prompts share steps ${g.first}\u2013${g.end - 1} (of ${layout.steps})`;
+    }
     const lines = [head];
     for (const leaf of members.slice(0, maxPrompts)) {
         lines.push(prompts ? `\u2022 ${prompts[leaf]}` : `\u2022 prompt ${leaf}`);

@@ -2,6 +2,7 @@
 // Unit tests of web/plan_view.js under Node's test runner. The plans and the answers they are checked
 // against come from hierdiff_core (written by tests/web/test_plan_view_js.py into HIERDIFF_PLAN_DIR):
 //   <name>.plan.json     schedule.to_dict()
+//   <name>.tree.json     the schedule's tree, PromptTree.to_dict()
 //   <name>.expect.json   {"group_of": [[node id of prompt i's group at step k, for i] for k],
 //                         "summary": hierdiff_core.report.summary_line(schedule)}
 import assert from "node:assert/strict";
@@ -10,7 +11,7 @@ import path from "node:path";
 import { test } from "node:test";
 
 import {
-    compactPlan, describe, frame, groupAt, hitTest, layoutPlan, membersOf, MIN_GROUP_PX, paint, summaryLine,
+    compactPlan, compactTree, describe, frame, groupAt, hitTest, layoutPlan, membersOf, MIN_GROUP_PX, paint, summaryLine,
 } from "../../web/plan_view.js";
 
 const DIR = process.env.HIERDIFF_PLAN_DIR;
@@ -104,7 +105,24 @@ test("hit test and tooltip name the group under the pointer", () => {
     assert.equal(hitTest(layout, fr, 5, fr.plotTop - 1), null);
 });
 
+test("a bare tree is drawn against merge height: one root at the left, every prompt alone at the right", () => {
+    const tree = load("medium", "tree");
+    const layout = layoutPlan(compactTree(tree));
+    const root = 2 * tree.n_prompts - 2;
+    for (let leaf = 0; leaf < tree.n_prompts; leaf++) {
+        assert.equal(groupAt(layout, leaf, 0).id, root);
+        assert.equal(groupAt(layout, leaf, layout.steps - 1).id, leaf);
+    }
+    // Nested groups: a group's members are exactly its child groups' members.
+    for (const g of layout.groups.values()) {
+        if (!g.children.length) continue;
+        const fromChildren = g.children.flatMap((c) => membersOf(layout, c.id)).sort((a, b) => a - b);
+        assert.deepEqual(fromChildren, membersOf(layout, g.id).sort((a, b) => a - b));
+    }
+});
+
 test("anything that is not a plan is refused with a message", () => {
     assert.throws(() => compactPlan({ format: "something else" }), /not a hierdiff plan/);
     assert.throws(() => compactPlan(null), /not a hierdiff plan/);
+    assert.throws(() => compactTree({ format: "hierdiff.plan" }), /not a hierdiff tree/);
 });

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The web extension's plan model (web/plan_view.js) agrees with hierdiff_core's schedule.
 
-Plans are made here by the real planner and written, with the planner's answers (the group of every
-prompt at every step, the summary line), for tests/browser/plan_view.test.mjs to check under Node.
+Plans (and their bare trees) are made here by the real planner and written, with the planner's
+answers (the group of every prompt at every step, the summary line), for
+tests/browser/plan_view.test.mjs to check under Node.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def clustered_embeddings(n: int, seed: int) -> np.ndarray:
 
 def write_plan(directory: Path, name: str, n: int, steps: int, tau: float) -> None:
     prompts = [f"prompt {i}: a scene in style {i % 17}" for i in range(n)]
-    schedule = plan(build_tree(clustered_embeddings(n, seed=n), prompts=prompts), steps, tau=tau)
+    tree = build_tree(clustered_embeddings(n, seed=n), prompts=prompts)
+    schedule = plan(tree, steps, tau=tau)
+    (directory / f"{name}.tree.json").write_text(json.dumps(tree.to_dict()))
     group_of = [schedule.active_groups(k)[schedule.group_index(k)].tolist() for k in range(steps)]
     (directory / f"{name}.plan.json").write_text(schedule.to_json())
     expect = {"group_of": group_of, "summary": summary_line(schedule)}
