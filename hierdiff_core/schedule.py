@@ -293,6 +293,35 @@ class BranchSchedule:
         return cls.from_dict(data)
 
 
+def check_budget(
+    steps: int,
+    *,
+    tau: float | None = None,
+    target_saving: float | None = None,
+    evaluations_per_image: float | None = None,
+) -> tuple[str, float]:
+    """Validate steps and exactly one budget; return (mode, value). ValueError (one line) otherwise.
+
+    Needs no tree, so callers can reject bad input before any slow work (encoding prompts).
+    """
+    steps = _check_steps(steps)
+    given = [(name, v) for name, v in (("tau", tau), ("target_saving", target_saving),
+                                       ("evaluations_per_image", evaluations_per_image)) if v is not None]
+    if len(given) != 1:
+        which = "none" if not given else " and ".join(name for name, _ in given)
+        raise ValueError(f"give exactly one of tau, target_saving, evaluations_per_image (got {which})")
+    mode, value = given[0]
+    if mode == "tau":
+        return mode, _check_tau(value)
+    valid = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+    if mode == "target_saving":
+        if not (valid and 0.0 <= value < 1.0):
+            raise ValueError(f"target saving must be in [0, 1), got {value!r}")
+    elif not (valid and 1.0 <= value <= steps):
+        raise ValueError(f"evaluations per image must be in [1, {steps}] for {steps} steps, got {value!r}")
+    return mode, float(value)
+
+
 def plan(
     tree: PromptTree,
     steps: int,
@@ -321,37 +350,26 @@ def plan(
     exact smallest float64 tau (numpy's linspace rounding included). ValueError names the
     largest attainable saving when the target cannot be met.
     """
-    steps = _check_steps(steps)
-    given = [name for name, v in (("tau", tau), ("target_saving", target_saving),
-                                  ("evaluations_per_image", evaluations_per_image)) if v is not None]
-    if len(given) != 1:
-        which = "none" if not given else " and ".join(given)
-        raise ValueError(f"give exactly one of tau, target_saving, evaluations_per_image (got {which})")
-    if tau is not None:
-        return BranchSchedule(tree, steps, _check_tau(tau), budget=("tau", float(tau)))
+    mode, value = check_budget(
+        steps, tau=tau, target_saving=target_saving, evaluations_per_image=evaluations_per_image
+    )
+    if mode == "tau":
+        return BranchSchedule(tree, steps, value, budget=(mode, value))
 
     n = tree.n_prompts
     total = steps * n
     sorted_heights = np.sort(tree.heights)
-    if target_saving is not None:
-        t = target_saving
-        if isinstance(t, bool) or not isinstance(t, Real) or not math.isfinite(t) or not 0.0 <= t < 1.0:
-            raise ValueError(f"target saving must be in [0, 1), got {target_saving!r}")
+    if mode == "target_saving":
 
         def meets(tau_: float) -> bool:
-            return 1.0 - _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) / total >= t
+            return 1.0 - _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) / total >= value
 
-        budget = ("target_saving", float(t))
     else:
-        e = evaluations_per_image
-        if isinstance(e, bool) or not isinstance(e, Real) or not math.isfinite(e) or not 1.0 <= e <= steps:
-            raise ValueError(f"evaluations per image must be in [1, {steps}] for {steps} steps, got {e!r}")
 
         def meets(tau_: float) -> bool:
-            return _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) / n <= e
+            return _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) / n <= value
 
-        budget = ("evaluations_per_image", float(e))
-
+    budget = (mode, value)
     found = _smallest_tau(sorted_heights, steps, meets)
     if found is None:
         # tau -> inf: one group on every step but the last, whose threshold is always 0.

@@ -314,7 +314,7 @@ def build_tree(
     n = E.shape[0]
     if bucket_size < 2:
         raise ValueError(f"bucket_size must be >= 2, got {bucket_size}")
-    _check_metric(metric)
+    check_metric(metric)
     if n == 1:
         Z, exact = np.zeros((0, 4)), True
     elif n <= max_exact:
@@ -331,7 +331,7 @@ def build_tree(
     )
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
     try:
         pdist(np.eye(2), metric)
     except (ValueError, TypeError):

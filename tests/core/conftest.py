@@ -1,0 +1,42 @@
+"""Fixtures for the framework-free planner tests: real prompt sets and their real embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROMPTS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "prompts"
+
+
+@pytest.fixture(scope="session")
+def prompt_set():
+    """prompt_set(name) -> list of prompts from ../shared/prompts/NAME.txt; skips when absent."""
+    from hierdiff_core.embed import read_prompts
+
+    def load(name: str) -> list[str]:
+        path = PROMPTS_DIR / f"{name}.txt"
+        if not path.is_file():
+            pytest.skip(f"real prompt set {path} is absent (../shared is not beside this checkout)")
+        return read_prompts(path)
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def embedded(prompt_set):
+    """embedded(name) -> (prompts, (N, 384) float32 embeddings from the real sentence encoder).
+
+    Each set is encoded once per test session."""
+    from hierdiff_core.embed import encode_prompts
+
+    cache: dict[str, tuple[list[str], np.ndarray]] = {}
+
+    def get(name: str) -> tuple[list[str], np.ndarray]:
+        if name not in cache:
+            prompts = prompt_set(name)
+            cache[name] = (prompts, encode_prompts(prompts))
+        return cache[name]
+
+    return get
