@@ -1,0 +1,226 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The one bridge between ComfyUI's sampling and the hierarchical engine.
+
+:class:`HierarchicalGuider` is a ``comfy.samplers.CFGGuider``: ComfyUI's samplers, schedulers, CFG,
+model patches and hooks all run unchanged on one latent row per prompt. The guider only swaps the
+conditioned-batch computation (``sampler_calc_cond_batch_function``) for one that evaluates the
+model once per active group through :class:`hierdiff_core.engine.GroupedEvaluator`, and gives
+stochastic samplers noise that is shared inside a group. Every sampler node and the GUIDER node
+use this class: there is one engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import comfy.k_diffusion.sampling as k_sampling
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.samplers
+import numpy as np
+import torch
+
+from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupNoise, root_noise, step_for_sigma
+from hierdiff_core.schedule import BranchSchedule
+
+from .conditioning import PromptTreeSet, group_model_conds
+
+NOISE_MODES = ("shared", "per_root")
+
+# Samplers whose default noise is a Brownian tree: a group's tree answers by noise level, so it is
+# kept for the group's whole life; the others draw plain Gaussian noise per call.
+_BROWNIAN_SAMPLER_FUNCTIONS = {
+    getattr(k_sampling, f"sample_{name}")
+    for name in (
+        "dpmpp_sde",
+        "dpmpp_sde_gpu",
+        "dpmpp_2m_sde",
+        "dpmpp_2m_sde_gpu",
+        "dpmpp_2m_sde_heun",
+        "dpmpp_2m_sde_heun_gpu",
+        "dpmpp_3m_sde",
+        "dpmpp_3m_sde_gpu",
+    )
+}
+
+
+@dataclass
+class EvaluationCount:
+    """Model evaluations of one run, in latent rows through the network."""
+
+    hierarchical: int = 0
+    independent: int = 0
+    guided: bool = False
+
+    @property
+    def saving(self) -> float:
+        return 1.0 - self.hierarchical / self.independent if self.independent else 0.0
+
+
+def summary_line(schedule: BranchSchedule, count: EvaluationCount) -> str:
+    n, k = schedule.tree.n_prompts, schedule.steps
+    doubled = " x 2 for guidance" if count.guided else ""
+    return (
+        f"{n} images, {count.hierarchical} model evaluations instead of {count.independent} "
+        f"({k} steps x {n} prompts{doubled}), {100 * count.saving:.1f} % saved"
+    )
+
+
+class HierarchicalGuider(comfy.samplers.CFGGuider):
+    """CFG guider sampling one latent row per prompt with one model evaluation per active group.
+
+    ``schedule`` fixes the plan; when it is None the plan is made at sampling time from
+    ``plan_fn(steps)`` (the GUIDER node does not know the step count before it sees the sigmas).
+    ``sigmas`` is the whole schedule a trunk/branch run is part of; None means the sigmas given to
+    :meth:`sample`.
+    """
+
+    def __init__(
+        self,
+        model_patcher,
+        prompt_set: PromptTreeSet,
+        negative: list,
+        cfg: float,
+        *,
+        schedule: BranchSchedule | None = None,
+        plan_fn=None,
+        sigmas: torch.Tensor | None = None,
+        max_batch: int = 64,
+        noise_mode: str = "shared",
+        mix: str = "mean",
+    ):
+        super().__init__(model_patcher)
+        if schedule is None and plan_fn is None:
+            raise ValueError("HierarchicalGuider needs a schedule or a plan_fn")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.prompt_set = prompt_set
+        self.schedule = schedule
+        self.plan_fn = plan_fn
+        self.full_sigmas = sigmas
+        self.max_batch = int(max_batch)
+        self.noise_mode = noise_mode
+        self.mix = mix
+        self.count = EvaluationCount()
+        self._context = None
+        self.set_conds(prompt_set.conditioning, negative)
+        self.set_cfg(cfg)
+
+    @property
+    def n_prompts(self) -> int:
+        return self.prompt_set.tree.n_prompts
+
+    def sample(
+        self,
+        noise,
+        latent_image,
+        sampler,
+        sigmas,
+        denoise_mask=None,
+        callback=None,
+        disable_pbar=False,
+        seed=None,
+    ):
+        full_sigmas = (self.full_sigmas if self.full_sigmas is not None else sigmas).cpu()
+        if self.plan_fn is not None:
+            self.schedule = self.plan_fn(len(full_sigmas) - 1)
+        schedule = self.schedule
+        seed = 0 if seed is None else int(seed)
+        n = self.n_prompts
+        latent_image = _rows(latent_image, n, "latent")
+        if self.noise_mode == "per_root":
+            noise = root_noise(schedule, seed, noise[:1])
+        noise = _rows(noise, n, "noise")
+        if denoise_mask is not None:
+            denoise_mask = _rows(denoise_mask, n, "noise mask")
+
+        self.count = EvaluationCount()
+        evaluator = GroupedEvaluator(
+            schedule,
+            self._evaluate,
+            self.max_batch,
+            comfy.model_management.throw_exception_if_processing_interrupted,
+        )
+        conditioner = GroupConditioner(schedule, self.mix)
+        previous = self.model_options.get("sampler_calc_cond_batch_function")
+
+        def calc_cond_batch(args: dict) -> list[torch.Tensor]:
+            step = step_for_sigma(full_sigmas, float(args["sigma"].flatten()[0]))
+            context = (args["conds"], args["model"], args["model_options"], conditioner, step, previous)
+            self.count.independent += n * sum(c is not None for c in args["conds"])
+            self.count.guided = args["conds"][1] is not None
+            self._context = context
+            return evaluator(step, args["input"], args["sigma"])
+
+        original_options = self.model_options
+        self.model_options = comfy.model_patcher.create_model_options_clone(original_options)
+        self.model_options["sampler_calc_cond_batch_function"] = calc_cond_batch
+        comfy.patcher_extension.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
+            "hierdiff",
+            self._prepare_for_batch,
+            self.model_options,
+            is_model_options=True,
+        )
+        like = torch.zeros_like(noise[:1], device=self.model_patcher.load_device)
+        sampler = _with_group_noise(sampler, schedule, full_sigmas, seed, like)
+        try:
+            return super().sample(
+                noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
+            )
+        finally:
+            self.model_options = original_options
+            self._context = None
+
+    def _evaluate(self, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray) -> list[torch.Tensor]:
+        conds, model, model_options, conditioner, step, previous = self._context
+        grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts) for c in conds]
+        self.count.hierarchical += len(nodes) * sum(c is not None for c in conds)
+        if previous is not None:
+            return previous(
+                {"conds": grouped, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
+            )
+        return comfy.samplers.calc_cond_batch(model, grouped, x, sigma, model_options)
+
+    def _prepare_for_batch(self, executor, model, noise_shape, conds, model_options=None):
+        # ComfyUI sizes memory from the latent batch; the model only ever sees max_batch groups.
+        shape = [min(int(noise_shape[0]), self.max_batch), *noise_shape[1:]]
+        return executor(model, shape, conds, model_options=model_options)
+
+
+def _rows(tensor: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    """One latent row per prompt: a batch of one is shared by every prompt (as a view, no copy)."""
+    if tensor.shape[0] == n:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(n, *tensor.shape[1:])
+    raise ValueError(f"{name} has batch size {tensor.shape[0]}; expected 1 (shared) or {n} (one per prompt)")
+
+
+def _with_group_noise(sampler, schedule: BranchSchedule, sigmas: torch.Tensor, seed: int, like: torch.Tensor):
+    """The same sampler, drawing its per-step noise per group (see GroupNoise). Others pass through."""
+    if not isinstance(sampler, comfy.samplers.KSAMPLER):
+        return sampler
+    parameters = inspect.signature(sampler.sampler_function).parameters
+    if "noise_sampler" not in parameters:
+        return sampler
+    if sampler.sampler_function in _BROWNIAN_SAMPLER_FUNCTIONS:
+        sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+
+        def make_source(group_seed: int, row: torch.Tensor):
+            return k_sampling.BrownianTreeNoiseSampler(row, sigma_min, sigma_max, seed=group_seed, cpu=True)
+
+        per_call = False
+    else:
+
+        def make_source(group_seed: int, row: torch.Tensor):
+            return k_sampling.default_noise_sampler(row, seed=group_seed)
+
+        per_call = True
+    noise = GroupNoise(schedule, sigmas, seed, like, make_source, per_call=per_call)
+    return comfy.samplers.KSAMPLER(
+        sampler.sampler_function, {**sampler.extra_options, "noise_sampler": noise}, sampler.inpaint_options
+    )

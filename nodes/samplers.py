@@ -1,0 +1,421 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Hierarchical sampler nodes: all-in-one KSampler, shared trunk + branches, and a GUIDER.
+
+Each node only gathers its inputs, plans, and hands over to :class:`.guider.HierarchicalGuider`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from hierdiff_core.engine import CONDITIONING_MIXES
+from hierdiff_core.schedule import BranchSchedule, plan
+
+from .cluster import PromptTree
+from .conditioning import PromptTreeSet
+from .guider import NOISE_MODES, HierarchicalGuider, summary_line
+
+HierLatentType = io.Custom("HIER_LATENT")
+
+BUDGETS = ("target_saving", "tau", "evaluations_per_image")
+MAX_STEP = 10000
+
+
+@dataclass(frozen=True)
+class HierLatent:
+    """The HIER_LATENT socket value: one latent row per prompt part-way through a planned run.
+
+    samples: (N, C, H, W) rows after ``step`` of the plan's steps, with their leftover noise;
+    sigmas: the whole run's (K + 1,) noise levels, so branches continue on the same schedule.
+    """
+
+    samples: torch.Tensor
+    prompt_set: PromptTreeSet
+    schedule: BranchSchedule
+    sigmas: torch.Tensor
+    step: int
+    seed: int
+    max_batch: int
+    mix: str
+
+
+def budget_inputs() -> list:
+    return [
+        io.Combo.Input(
+            "budget",
+            options=list(BUDGETS),
+            default="target_saving",
+            tooltip="How much to share: a target fraction of model evaluations saved, the raw "
+            "threshold tau (0 = ordinary sampling), or model evaluations per image.",
+        ),
+        io.Float.Input(
+            "budget_value",
+            default=0.5,
+            min=0.0,
+            max=10000.0,
+            step=0.01,
+            tooltip="The value for the chosen budget, e.g. 0.5 = save half the evaluations.",
+        ),
+    ]
+
+
+def engine_inputs() -> list:
+    return [
+        io.Int.Input(
+            "max_batch",
+            default=64,
+            min=1,
+            max=4096,
+            tooltip="Most groups evaluated in one model call (memory vs speed).",
+        ),
+        io.Combo.Input(
+            "noise_mode",
+            options=list(NOISE_MODES),
+            default="shared",
+            tooltip="shared: every prompt starts from the seed's noise (as KSampler with batch 1); "
+            "per_root: each top-level group draws its own.",
+        ),
+        io.Combo.Input(
+            "conditioning_mix",
+            options=list(CONDITIONING_MIXES),
+            default="mean",
+            tooltip="A group's conditioning: the mean of its members', or the member nearest it.",
+        ),
+    ]
+
+
+def sampling_inputs() -> list:
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+        io.Int.Input("steps", default=20, min=1, max=MAX_STEP),
+        io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
+    ]
+
+
+def make_plan(prompt_set: PromptTreeSet, steps: int, budget: str, value: float) -> BranchSchedule:
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+    return plan(prompt_set.tree, steps, **{budget: value})
+
+
+def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
+    """Raises naming prompt_tree when it is empty or its conditioning does not fit the model."""
+    if prompt_set is None or prompt_set.tree.n_prompts < 1:
+        raise ValueError("prompt_tree input is empty")
+    expected = model.model.model_config.unet_config.get("context_dim")
+    if expected is not None and prompt_set.context_dim != expected:
+        raise ValueError(
+            f"prompt_tree conditioning has context dimension {prompt_set.context_dim} but the MODEL expects "
+            f"{expected}: build the tree with this checkpoint's CLIP"
+        )
+
+
+def check_inputs(model, prompt_set: PromptTreeSet, latent: dict) -> torch.Tensor:
+    """The latent, fitted to the model; raises naming the input that does not fit."""
+    check_prompt_tree(model, prompt_set)
+    samples = latent["samples"]
+    if samples.shape[0] != 1:
+        raise ValueError(
+            f"latent_image has batch size {samples.shape[0]}; give one latent (batch 1): "
+            "it sets the size, and the prompt set sets the batch"
+        )
+    return comfy.sample.fix_empty_latent_channels(model, samples)
+
+
+def full_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
+    if denoise <= 0:
+        raise ValueError(f"denoise must be above 0, got {denoise}")
+    device = comfy.model_management.get_torch_device()
+    return comfy.samplers.KSampler(model, steps, device, sampler_name, scheduler, denoise).sigmas.cpu()
+
+
+def run_steps(
+    model,
+    guider: HierarchicalGuider,
+    latent: torch.Tensor,
+    sigmas: torch.Tensor,
+    start: int,
+    end: int,
+    sampler_name: str,
+    seed: int,
+    add_noise: bool,
+    noise_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sample steps [start, end) of ``sigmas``; the rows (N, ...) keep their leftover noise when end < K."""
+    run_sigmas = sigmas[start : end + 1]
+    noise = comfy.sample.prepare_noise(latent[:1], seed) if add_noise else torch.zeros_like(latent[:1])
+    callback = latent_preview.prepare_callback(model, len(run_sigmas) - 1)
+    samples = guider.sample(
+        noise,
+        latent,
+        comfy.samplers.sampler_object(sampler_name),
+        run_sigmas,
+        denoise_mask=noise_mask,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
+    )
+    return samples.to(comfy.model_management.intermediate_device())
+
+
+def report(guider: HierarchicalGuider) -> tuple[str, dict]:
+    """The plan JSON (for the plan output and the web widget) and the UI output."""
+    plan_json = json.dumps(guider.schedule.to_dict())
+    return plan_json, {
+        "hierdiff_plan": [plan_json],
+        "hierdiff_summary": [summary_line(guider.schedule, guider.count)],
+    }
+
+
+def _end_step(end_at_step: int, steps: int, start: int, name: str = "end_at_step") -> int:
+    end = min(int(end_at_step), steps)
+    if end <= start:
+        raise ValueError(f"{name} ({end_at_step}) must come after the starting step ({start})")
+    return end
+
+
+class HierKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HierKSampler",
+            display_name="Hierarchical KSampler",
+            category="sampling/hierarchical",
+            description="Samples one image per prompt of a prompt tree, sharing early steps within clusters.",
+            inputs=[
+                io.Model.Input("model"),
+                PromptTree.Input("prompt_tree"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
+                *sampling_inputs(),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                *budget_inputs(),
+                *engine_inputs(),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT"), io.String.Output(display_name="plan")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        prompt_tree,
+        negative,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        denoise,
+        budget,
+        budget_value,
+        max_batch,
+        noise_mode,
+        conditioning_mix,
+    ) -> io.NodeOutput:
+        latent = check_inputs(model, prompt_tree, latent_image)
+        sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
+        schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value)
+        guider = HierarchicalGuider(
+            model,
+            prompt_tree,
+            negative,
+            cfg,
+            schedule=schedule,
+            sigmas=sigmas,
+            max_batch=max_batch,
+            noise_mode=noise_mode,
+            mix=conditioning_mix,
+        )
+        samples = run_steps(
+            model,
+            guider,
+            latent,
+            sigmas,
+            0,
+            schedule.steps,
+            sampler_name,
+            seed,
+            True,
+            latent_image.get("noise_mask"),
+        )
+        plan_json, ui = report(guider)
+        return io.NodeOutput({"samples": samples}, plan_json, ui=ui)
+
+
+class HierSharedTrunkSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HierSharedTrunkSampler",
+            display_name="Shared Trunk Sampler",
+            category="sampling/hierarchical",
+            description="Runs a prompt tree's shared early steps to end_at_step; Branch Sampler continues.",
+            inputs=[
+                io.Model.Input("model"),
+                PromptTree.Input("prompt_tree"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
+                *sampling_inputs(),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                *budget_inputs(),
+                io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP),
+                *engine_inputs(),
+            ],
+            outputs=[
+                HierLatentType.Output(display_name="hier_latent"),
+                io.String.Output(display_name="plan"),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        prompt_tree,
+        negative,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        denoise,
+        budget,
+        budget_value,
+        end_at_step,
+        max_batch,
+        noise_mode,
+        conditioning_mix,
+    ) -> io.NodeOutput:
+        latent = check_inputs(model, prompt_tree, latent_image)
+        sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
+        schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value)
+        end = _end_step(end_at_step, schedule.steps, 0)
+        guider = HierarchicalGuider(
+            model,
+            prompt_tree,
+            negative,
+            cfg,
+            schedule=schedule,
+            sigmas=sigmas,
+            max_batch=max_batch,
+            noise_mode=noise_mode,
+            mix=conditioning_mix,
+        )
+        samples = run_steps(
+            model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
+        )
+        hier = HierLatent(samples, prompt_tree, schedule, sigmas, end, seed, max_batch, conditioning_mix)
+        plan_json, ui = report(guider)
+        return io.NodeOutput(hier, plan_json, ui=ui)
+
+
+class HierBranchSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HierBranchSampler",
+            display_name="Branch Sampler",
+            category="sampling/hierarchical",
+            description="Continues a Shared Trunk Sampler's run, maybe with another model (LoRA, refiner).",
+            inputs=[
+                io.Model.Input("model"),
+                HierLatentType.Input("hier_latent"),
+                io.Conditioning.Input("negative"),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
+                io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="LATENT"),
+                HierLatentType.Output(display_name="hier_latent"),
+                io.String.Output(display_name="plan"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, hier_latent, negative, cfg, sampler_name, end_at_step) -> io.NodeOutput:
+        hier: HierLatent = hier_latent
+        channels = model.get_model_object("latent_format").latent_channels
+        if hier.samples.shape[1] != channels:
+            raise ValueError(
+                f"hier_latent has {hier.samples.shape[1]} latent channels but this MODEL uses {channels}"
+            )
+        end = _end_step(end_at_step, hier.schedule.steps, hier.step)
+        guider = HierarchicalGuider(
+            model,
+            hier.prompt_set,
+            negative,
+            cfg,
+            schedule=hier.schedule,
+            sigmas=hier.sigmas,
+            max_batch=hier.max_batch,
+            noise_mode="shared",
+            mix=hier.mix,
+        )
+        samples = run_steps(
+            model, guider, hier.samples, hier.sigmas, hier.step, end, sampler_name, hier.seed, False
+        )
+        continued = HierLatent(
+            samples, hier.prompt_set, hier.schedule, hier.sigmas, end, hier.seed, hier.max_batch, hier.mix
+        )
+        plan_json, ui = report(guider)
+        return io.NodeOutput({"samples": samples}, continued, plan_json, ui=ui)
+
+
+class HierGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HierGuider",
+            display_name="Hierarchical Guider",
+            category="sampling/hierarchical",
+            description="A GUIDER for SamplerCustomAdvanced: any SAMPLER and SIGMAS, one image per prompt. "
+            "Give SamplerCustomAdvanced a latent of batch 1.",
+            inputs=[
+                io.Model.Input("model"),
+                PromptTree.Input("prompt_tree"),
+                io.Conditioning.Input("negative"),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                *budget_inputs(),
+                *engine_inputs(),
+            ],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix
+    ) -> io.NodeOutput:
+        check_prompt_tree(model, prompt_tree)
+
+        def plan_for(steps: int) -> BranchSchedule:
+            return make_plan(prompt_tree, steps, budget, budget_value)
+
+        guider = HierarchicalGuider(
+            model,
+            prompt_tree,
+            negative,
+            cfg,
+            plan_fn=plan_for,
+            max_batch=max_batch,
+            noise_mode=noise_mode,
+            mix=conditioning_mix,
+        )
+        return io.NodeOutput(guider)
+
+
+NODES = [HierKSampler, HierSharedTrunkSampler, HierBranchSampler, HierGuider]
