@@ -22,8 +22,9 @@ Fixtures (all session-scoped):
 
 ``tiny_model`` -> ``(ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE)``
     The testkit's tiny SD1.5-architecture model with random weights, loaded in-process (needs
-    ``comfy_host``). Node id of its loader: ``host.TINY_LOADER``; ``host.basic_workflow(prompts)`` builds
-    load -> encode -> KSampler -> decode -> save.
+    ``comfy_host``). Shared by the whole session: ``model.clone()`` before patching or wrapping it.
+    Node id of its loader: ``host.TINY_LOADER``; ``host.basic_workflow(prompts)`` builds the API prompt
+    load -> encode -> KSampler -> decode -> save (node ids "loader", "positive_i", ..., "save_i").
 
 ComfyUI reads its arguments when ``comfy.model_management`` and ``folder_paths`` are first imported,
 so this file prepares them at import time: test modules in this folder may ``import comfy...`` at the
