@@ -212,8 +212,13 @@ def denoise_hierarchical(
             cond = torch.cat([negative.expand(len(nodes), -1), cond])
         else:
             batch = x_g
-        out = pipe.unet(sample=batch, timestep=t, encoder_hidden_states=None,
-                        added_cond_kwargs={"image_embeds": cond}, return_dict=False)[0]
+        out = pipe.unet(
+            sample=batch,
+            timestep=t,
+            encoder_hidden_states=None,
+            added_cond_kwargs={"image_embeds": cond},
+            return_dict=False,
+        )[0]
         if guided:
             eps, variance = out.split(latent_channels, dim=1)
             eps_uncond, eps_cond = eps.chunk(2)

@@ -35,6 +35,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .tree import PromptTree, build_tree
+
 # Weight files diffusers / transformers write, in the order they prefer them.
 _MODEL_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -292,3 +294,15 @@ def text_embeddings(prior: TextToImagePrior, prompts: Sequence[str]) -> np.ndarr
     with torch.no_grad():
         out = pipe.text_encoder(tokens.input_ids.to(prior.device))
     return out.text_embeds.float().cpu().numpy()
+
+
+def prior_tree(
+    image_embeds: torch.Tensor, prompts: Sequence[str], method: str = "ward", metric: str = "cosine"
+) -> PromptTree:
+    """The prompt hierarchy in the prior's image-embedding space (published: Ward over cosine).
+
+    image_embeds: (N, D) from :func:`embed_prompts_with_prior`, in prompt order.
+    """
+    return build_tree(
+        image_embeds.detach().double().cpu().numpy(), method=method, metric=metric, prompts=prompts
+    )

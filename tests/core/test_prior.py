@@ -1,0 +1,386 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The unCLIP-prior path outside ComfyUI, on tiny random Kandinsky 2.2 models saved and loaded as
+real weights are: loading, prior embeddings, clustering in prior space, group conditioning, the
+decoder through the engine (exact at tau = 0 against the plain diffusers pipeline), generate/resume."""
+
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import KandinskyV22PriorPipeline
+from scipy.cluster.hierarchy import fcluster
+
+from hierdiff_core.engine import group_seed
+from hierdiff_core.generate import MANIFEST, generate, main
+from hierdiff_core.pipelines import (
+    check_prior_matches_decoder,
+    decode_latents,
+    denoise_hierarchical,
+    load_decoder,
+    start_latent,
+)
+from hierdiff_core.prior import (
+    PriorFolderError,
+    embed_prompts_with_prior,
+    load_prior,
+    prior_tree,
+    text_embeddings,
+)
+from hierdiff_core.schedule import plan
+from hierdiff_core.tiny_kandinsky import build_tiny_decoder, build_tiny_prior
+from hierdiff_core.tree import build_tree
+
+PROMPTS = ["a cat", "a dog", "a red car", "a blue car", "a cat on a mat", "the sea"]
+SIZE = 32  # pixels; 16 x 16 latents
+STEPS = 6
+PRIOR_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kandinsky")
+    build_tiny_prior(root / "prior", seed=0)
+    build_tiny_decoder(root / "decoder", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prior(models):
+    return load_prior(models / "prior")
+
+
+@pytest.fixture(scope="module")
+def decoder(models):
+    return load_decoder(models / "decoder")
+
+
+@pytest.fixture(scope="module")
+def embeds(prior):
+    return embed_prompts_with_prior(prior, PROMPTS, seed=3, steps=PRIOR_STEPS)
+
+
+def _two_way_partition(X: np.ndarray) -> set[frozenset[int]]:
+    labels = fcluster(build_tree(X).linkage, 2, "maxclust")
+    return {frozenset(np.flatnonzero(labels == label).tolist()) for label in set(labels)}
+
+
+def test_saved_prior_loads_with_its_layout_and_width(prior):
+    assert prior.layout == "kandinsky-2.2"
+    assert prior.embedding_dim == 16
+
+
+@pytest.mark.parametrize(
+    "renames, layout",
+    [
+        ({"scheduler": "prior_scheduler"}, "karlo"),
+        (
+            {
+                "scheduler": "prior_scheduler",
+                "text_encoder": "prior_text_encoder",
+                "tokenizer": "prior_tokenizer",
+            },
+            "stable-unclip",
+        ),
+    ],
+)
+def test_karlo_and_stable_unclip_layouts_load_the_same_prior(models, tmp_path, embeds, renames, layout):
+    folder = tmp_path / layout
+    shutil.copytree(
+        models / "prior", folder, ignore=shutil.ignore_patterns("image_encoder", "image_processor")
+    )
+    for old, new in renames.items():
+        (folder / old).rename(folder / new)
+    loaded = load_prior(folder)
+    assert loaded.layout == layout
+    torch.testing.assert_close(
+        embed_prompts_with_prior(loaded, PROMPTS, seed=3, steps=PRIOR_STEPS), embeds, rtol=0, atol=1e-5
+    )
+    with pytest.raises(PriorFolderError, match="no image_encoder/"):
+        loaded.negative_embedding()
+
+
+@pytest.mark.parametrize(
+    "remove, named",
+    [
+        ("prior/diffusion_pytorch_model.safetensors", "missing prior/diffusion_pytorch_model.safetensors"),
+        ("tokenizer", "missing tokenizer/"),
+        ("text_encoder/config.json", "missing text_encoder/config.json"),
+        ("scheduler", "missing scheduler/scheduler_config.json"),
+    ],
+)
+def test_incomplete_prior_folder_names_what_is_missing(models, tmp_path, remove, named):
+    folder = tmp_path / "prior"
+    shutil.copytree(models / "prior", folder)
+    target = folder / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(PriorFolderError, match=named) as info:
+        load_prior(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_prior_and_decoder_folders(tmp_path, models):
+    with pytest.raises(PriorFolderError, match="does not exist"):
+        load_prior(tmp_path / "nowhere")
+    folder = tmp_path / "decoder"
+    shutil.copytree(models / "decoder", folder)
+    shutil.rmtree(folder / "movq")
+    with pytest.raises(PriorFolderError, match="missing movq/config.json"):
+        load_decoder(folder)
+
+
+def test_embeddings_have_one_row_per_prompt_and_depend_only_on_prompt_and_seed(prior, embeds):
+    assert embeds.shape == (len(PROMPTS), 16) and embeds.dtype == torch.float32
+    torch.testing.assert_close(
+        embed_prompts_with_prior(prior, PROMPTS, seed=3, steps=PRIOR_STEPS), embeds, rtol=0, atol=0
+    )
+    reordered = embed_prompts_with_prior(prior, PROMPTS[::-1], seed=3, steps=PRIOR_STEPS, batch_size=1)
+    torch.testing.assert_close(reordered.flip(0), embeds, rtol=0, atol=1e-5)
+    assert not torch.allclose(
+        embed_prompts_with_prior(prior, PROMPTS, seed=4, steps=PRIOR_STEPS), embeds, atol=1e-6
+    )
+
+
+def test_embedding_equals_plain_diffusers_prior_for_that_prompt_alone(models, embeds):
+    plain = KandinskyV22PriorPipeline.from_pretrained(models / "prior", local_files_only=True)
+    plain.set_progress_bar_config(disable=True)
+    out = plain(
+        PROMPTS[2],
+        generator=torch.Generator().manual_seed(3),
+        guidance_scale=4.0,
+        num_inference_steps=PRIOR_STEPS,
+    )
+    torch.testing.assert_close(out.image_embeds[0], embeds[2], rtol=0, atol=1e-5)
+
+
+def test_negative_embedding_is_the_plain_pipelines_zero_image_embedding(models, prior):
+    plain = KandinskyV22PriorPipeline.from_pretrained(models / "prior", local_files_only=True)
+    torch.testing.assert_close(prior.negative_embedding(), plain.get_zero_embed(1), rtol=0, atol=0)
+
+
+def test_tree_is_built_in_prior_space_where_text_space_would_group_differently(prior):
+    candidates = [
+        "a cat",
+        "a dog",
+        "a red car",
+        "a blue car",
+        "a cat on a mat",
+        "the sea",
+        "a tree",
+        "two birds",
+    ]
+    image = embed_prompts_with_prior(prior, candidates, seed=0, steps=PRIOR_STEPS).double().numpy()
+    text = text_embeddings(prior, candidates).astype(np.float64)
+    # A set of four prompts whose two-way grouping differs between the two spaces.
+    subset = next(
+        list(q)
+        for q in itertools.combinations(range(len(candidates)), 4)
+        if _two_way_partition(image[list(q)]) != _two_way_partition(text[list(q)])
+    )
+    prompts = [candidates[i] for i in subset]
+    tree = prior_tree(embed_prompts_with_prior(prior, prompts, seed=0, steps=PRIOR_STEPS), prompts)
+    labels = fcluster(tree.linkage, 2, "maxclust")
+    grouping = {frozenset(np.flatnonzero(labels == label).tolist()) for label in set(labels)}
+    assert grouping == _two_way_partition(image[subset])
+    assert grouping != _two_way_partition(text[subset])
+    assert tree.method == "ward" and tree.metric == "cosine" and tree.prompts == tuple(prompts)
+
+
+def test_each_group_is_conditioned_on_the_member_weighted_mean_embedding(decoder, embeds):
+    tree = prior_tree(embeds, PROMPTS)
+    schedule = plan(tree, STEPS, tau=float(tree.heights.max()) * 2)
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append(kwargs["added_cond_kwargs"]["image_embeds"].clone())
+
+    hook = decoder.pipeline.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        denoise_hierarchical(decoder, schedule, embeds, torch.zeros(1, 16), seed=1, height=SIZE, width=SIZE)
+    finally:
+        hook.remove()
+    assert len(seen) == STEPS  # one UNet batch per step (fewer groups than max_batch)
+    for step, cond in enumerate(seen):
+        nodes = schedule.active_groups(step)
+        groups = cond[len(nodes) :]  # after the negative rows
+        for node, row in zip(nodes, groups, strict=True):
+            members = tree.members(int(node))
+            torch.testing.assert_close(row, embeds[members].mean(0), rtol=0, atol=1e-6)
+            if len(members) > 1:  # the member-count-weighted mean of the children's means
+                a, b = (tree.members(c) for c in tree.children(int(node)))
+                weighted = (len(a) * embeds[a].mean(0) + len(b) * embeds[b].mean(0)) / len(members)
+                torch.testing.assert_close(row, weighted, rtol=0, atol=1e-6)
+
+
+def test_tau_zero_equals_plain_kandinsky_pipeline_latents_and_images(decoder, prior, embeds):
+    tree = prior_tree(embeds, PROMPTS)
+    negative = prior.negative_embedding()
+    latents, evaluator = denoise_hierarchical(
+        decoder, plan(tree, STEPS, tau=0.0), embeds, negative, seed=5, height=SIZE, width=SIZE
+    )
+    n = len(PROMPTS)
+    assert evaluator.evaluations == STEPS * n
+    plain = decoder.pipeline(
+        image_embeds=embeds,
+        negative_image_embeds=negative.repeat(n, 1),
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=10.0,
+        generator=[torch.Generator().manual_seed(group_seed(5, tree, i)) for i in range(n)],
+        latents=start_latent(decoder, 5, SIZE, SIZE).repeat(n, 1, 1, 1),
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(latents, plain, rtol=0, atol=1e-5)
+    images = decode_latents(decoder, latents)
+    assert images[0].size == (SIZE, SIZE)
+
+
+def test_shared_trunk_keeps_members_identical_until_split_and_batching_does_not_matter(decoder, embeds):
+    tree = prior_tree(embeds, PROMPTS)
+    schedule = plan(tree, STEPS, target_saving=0.5)
+    trunk_rows = []
+
+    def watch(state):
+        nodes = schedule.active_groups(state.step)
+        for node in nodes:
+            members = tree.members(int(node))
+            trunk_rows.append(bool((state.latents[members] == state.latents[members[0]]).all()))
+
+    latents, evaluator = denoise_hierarchical(
+        decoder,
+        schedule,
+        embeds,
+        torch.zeros(1, 16),
+        seed=2,
+        height=SIZE,
+        width=SIZE,
+        max_batch=len(PROMPTS),
+        on_step=watch,
+    )
+    assert all(trunk_rows)
+    assert evaluator.evaluations == schedule.model_evaluations < STEPS * len(PROMPTS)
+    one_by_one, _ = denoise_hierarchical(
+        decoder, schedule, embeds, torch.zeros(1, 16), seed=2, height=SIZE, width=SIZE, max_batch=1
+    )
+    torch.testing.assert_close(one_by_one, latents, rtol=1e-5, atol=1e-4)
+    # Distinct after the split: rows of prompts in different final groups differ.
+    assert not torch.equal(latents[0], latents[1])
+
+
+def test_prior_and_decoder_of_different_widths_are_refused(tmp_path, prior):
+    build_tiny_decoder(tmp_path / "decoder24", embedding_dim=24)
+    wide = load_decoder(tmp_path / "decoder24")
+    with pytest.raises(ValueError, match="16-wide image embeddings but decoder .* expects 24"):
+        check_prior_matches_decoder(prior, wide)
+
+
+def _generate(models, out, **kwargs):
+    return generate(
+        PROMPTS,
+        models / "prior",
+        models / "decoder",
+        out,
+        seed=7,
+        steps=STEPS,
+        target_saving=0.5,
+        prior_steps=5,
+        height=SIZE,
+        width=SIZE,
+        **kwargs,
+    )
+
+
+def test_generate_writes_images_and_manifest_and_resumes_identically(models, tmp_path):
+    full = tmp_path / "full"
+    summary = _generate(models, full)
+    assert summary["written"] == len(PROMPTS) and summary["saving"] >= 0.5
+    records = [json.loads(line) for line in (full / MANIFEST).read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(len(PROMPTS)))
+    assert [r["prompt"] for r in records] == PROMPTS
+    assert all(r["seed"] == 7 and r["steps"] == STEPS and 0 <= r["steps_shared"] < STEPS for r in records)
+    assert max(r["steps_shared"] for r in records) > 0
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(limit):
+        def hook(value):
+            if value == limit:
+                raise Stop
+
+        return hook
+
+    # Interrupted during denoising, then resumed from the checkpoint.
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        _generate(models, resumed, on_step=stop_at(2))
+    assert not list(resumed.glob("*.png"))
+    steps_run = []
+    _generate(models, resumed, on_step=steps_run.append)
+    assert steps_run == list(range(3, STEPS))
+    # Interrupted while writing images: finished ones are kept, not redone.
+    partial = tmp_path / "partial"
+    with pytest.raises(Stop):
+        _generate(models, partial, on_image=stop_at(1))
+    first_written = (partial / "00000.png").stat().st_mtime_ns
+    rest = _generate(models, partial)
+    assert rest["already_done"] == 2 and rest["written"] == len(PROMPTS) - 2
+    assert (partial / "00000.png").stat().st_mtime_ns == first_written
+    for out in (resumed, partial):
+        for i in range(len(PROMPTS)):
+            name = f"{i:05d}.png"
+            assert (out / name).read_bytes() == (full / name).read_bytes(), (out.name, name)
+        assert len((out / MANIFEST).read_text().splitlines()) == len(PROMPTS)
+    assert _generate(models, full)["written"] == 0
+    with pytest.raises(ValueError, match="other settings \\(seed differ"):
+        generate(
+            PROMPTS,
+            models / "prior",
+            models / "decoder",
+            full,
+            seed=8,
+            steps=STEPS,
+            target_saving=0.5,
+            prior_steps=5,
+            height=SIZE,
+            width=SIZE,
+        )
+
+
+def test_cli_generate_and_its_one_line_errors(models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n\na dog\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [
+        "generate",
+        str(prompts),
+        "--model",
+        str(models),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--tau",
+        "0.5",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--prior-steps",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png"]
+    assert "2 images written" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    bad = ["generate", str(prompts), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hierdiff generate: error: prior folder") and "does not exist" in err
+    assert "\n" not in err
