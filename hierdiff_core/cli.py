@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .generate import GENERATE_HELP, add_generate_arguments, run_generate
 from .tree import METHODS
 
 
@@ -153,6 +154,7 @@ _COMMANDS: dict[str, _Command] = {
         _add_plan_arguments,
         _run_plan,
     ),
+    "generate": (GENERATE_HELP, add_generate_arguments, run_generate),
 }
 """Subcommands: name -> (help, add_arguments(parser), run(args) -> exit code)."""
 

@@ -26,8 +26,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from .embed import read_prompts
 
 MANIFEST = "manifest.jsonl"
@@ -58,6 +56,8 @@ def read_manifest(out_dir: Path) -> dict[int, dict]:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
+    import torch
+
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -105,6 +105,8 @@ def generate(
     ``on_step(step)`` and ``on_image(index)`` are called after each completed denoising step and
     each written image. Returns a summary: counts, tau, model evaluations and saving.
     """
+    import torch
+
     from .pipelines import (
         DenoiseState,
         check_prior_matches_decoder,
@@ -148,7 +150,7 @@ def generate(
     decoder = load_decoder(decoder_dir, device=device)
     check_prior_matches_decoder(prior, decoder)
     state_path = out / STATE_FILE
-    saved = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+    saved = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
     if saved is None:
         embeds = embed_prompts_with_prior(prior, prompts, seed, prior_guidance_scale, prior_steps)
         negative = prior.negative_embedding().float().cpu()
@@ -224,14 +226,8 @@ def generate(
     return summary
 
 
-def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``generate`` on the ``hierdiff`` command's subparsers."""
-    parser = subparsers.add_parser(
-        "generate",
-        help="generate one image per prompt with Kandinsky 2.2 (prior + decoder), sharing steps",
-        description="Generate one image per prompt with Kandinsky 2.2 through the hierarchical engine; "
-        "resumes an interrupted run in the same --out folder.",
-    )
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``hierdiff generate`` arguments (``run_generate`` handles them)."""
     parser.add_argument("prompts", help="UTF-8 text file, one prompt per line")
     parser.add_argument(
         "--model", help="folder holding prior/ (kandinsky-2-2-prior) and decoder/ (kandinsky-2-2-decoder)"
@@ -254,9 +250,10 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--max-batch", type=int, default=16, help="groups per UNet batch")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.set_defaults(handler=run_generate)
-    return parser
+    parser.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
+
+
+GENERATE_HELP = "generate one image per prompt with Kandinsky 2.2 (prior + decoder), sharing steps; resumable"
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -266,6 +263,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prior is None and args.model is None or args.decoder is None and args.model is None:
         print("hierdiff generate: error: give --model DIR or both --prior and --decoder", file=sys.stderr)
         return 2
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     prior_dir = args.prior or os.path.join(args.model, "prior")
     decoder_dir = args.decoder or os.path.join(args.model, "decoder")
     try:
@@ -285,7 +285,7 @@ def run_generate(args: argparse.Namespace) -> int:
             height=args.height,
             width=args.width,
             max_batch=args.max_batch,
-            device=args.device,
+            device=device,
         )
     except (ValueError, PriorFolderError) as exc:
         print(f"hierdiff generate: error: {exc}", file=sys.stderr)
@@ -302,11 +302,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hierdiff_core.generate ...``: the generate subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="hierdiff")
-    add_generate_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    """``python -m hierdiff_core.generate PROMPTS.txt ...``: the generate subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="hierdiff generate", description=GENERATE_HELP)
+    add_generate_arguments(parser)
+    return run_generate(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -355,7 +355,6 @@ def test_cli_generate_and_its_one_line_errors(models, tmp_path, capsys):
     prompts.write_text("a cat\n\na dog\n", encoding="utf-8")
     out = tmp_path / "out"
     argv = [
-        "generate",
         str(prompts),
         "--model",
         str(models),
@@ -379,7 +378,7 @@ def test_cli_generate_and_its_one_line_errors(models, tmp_path, capsys):
     assert "2 images written" in capsys.readouterr().out
     assert main(argv) == 0
     assert "nothing to do" in capsys.readouterr().out
-    bad = ["generate", str(prompts), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]
+    bad = [str(prompts), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o2")]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hierdiff generate: error: prior folder") and "does not exist" in err
