@@ -117,8 +117,8 @@ def render_dendrogram(
         fill = _BAND_FILL_SHARED if sizes[node] > 1 else _BAND_FILL
         if y1 - y0 >= 3:
             draw.rectangle([x0, y0 + 1, x1, y1 - 1], fill=fill, outline=_BAND_EDGE)
-        else:
-            draw.line([(x0, centre[node]), (x1, centre[node])], fill=_BAND_EDGE)
+        else:  # thinner than an outline: fill only, so dense sets read as shades of shared/unshared
+            draw.rectangle([x0, y0, x1, max(y0, y1 - 1)], fill=fill)
         size_text = str(int(sizes[node]))
         if sizes[node] > 1 and y1 - y0 >= line and draw.textlength(size_text, font=font) + 6 <= x1 - x0:
             draw.text((x0 + 3, centre[node]), size_text, fill=_INK, font=font, anchor="lm")
