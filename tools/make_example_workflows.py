@@ -13,6 +13,7 @@ tests/comfy/test_browser.py regenerates them from the test server and fails if t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.request import urlopen
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_LOADER = "HierTestTinyModelLoader"  # the testkit's loader: MODEL, CLIP, VAE like a checkpoint
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # the user picks their own; the name is only a hint
 LORA = "your_style_lora.safetensors"
@@ -156,6 +158,26 @@ def workflows() -> list[Workflow]:
     return [basic, trunk_branch, custom]
 
 
+def on_tiny_model(workflow: Workflow, *, steps: int, size: int, prompts: str | None = None) -> Workflow:
+    """The workflow on the testkit's tiny model (CPU seconds): a size x size image, `steps` steps (the
+    trunk sampler stops at half of them), and optionally other prompts for the cluster."""
+    changes = {
+        "EmptyLatentImage": {"width": size, "height": size},
+        "HierKSampler": {"steps": steps},
+        "HierSharedTrunkSampler": {"steps": steps, "end_at_step": max(1, steps // 2)},
+        "BasicScheduler": {"steps": steps},
+        "HierPromptSetCluster": {} if prompts is None else {"prompts": prompts},
+    }
+    nodes = []
+    for node in workflow.nodes:
+        if node.type == "CheckpointLoaderSimple":
+            node = Node(node.key, TINY_LOADER, node.pos)
+        else:
+            node = dataclasses.replace(node, widgets={**node.widgets, **changes.get(node.type, {})})
+        nodes.append(node)
+    return Workflow(f"{workflow.name}_tiny", nodes, workflow.links)
+
+
 def _inputs(info: dict) -> list[tuple[str, str, dict]]:
     """(name, type, options) of a node's inputs in the order the frontend makes them."""
     out = []
@@ -253,6 +275,30 @@ def build(workflow: Workflow, object_info: dict[str, dict]) -> dict:
         "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}},
         "version": 0.4,
     }
+
+
+def build_api(workflow: Workflow, object_info: dict[str, dict]) -> dict[str, dict]:
+    """The same workflow as an API-format prompt (node id -> class_type and inputs), for POST /prompt."""
+    ui = build(workflow, object_info)
+    by_link = {link[0]: link for link in ui["links"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        values = iter(node["widgets_values"])
+        inputs: dict[str, Any] = {}
+        for name, kind, options in _inputs(object_info[node["type"]]):
+            widget = _is_widget(kind, options)
+            if widget:
+                inputs[name] = next(values)
+                if options.get("control_after_generate"):
+                    next(values)
+            link = next(i["link"] for i in node["inputs"] if i["name"] == name)
+            if link is not None:
+                origin = by_link[link]
+                inputs[name] = [str(origin[1]), origin[2]]
+            elif not widget:
+                inputs.pop(name, None)
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
 
 
 def write_all(object_info: dict[str, dict], out_dir: Path) -> list[Path]:

@@ -17,7 +17,6 @@ in one browser session and writes a report; the tests below judge it:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from host import PACK_LINK_NAME as PACK
-from host import REPO_ROOT, TINY_LOADER, ComfyServer
+from host import REPO_ROOT, ComfyServer
 
 from hierdiff_core.schedule import plan
 from hierdiff_core.tree import build_tree
@@ -42,24 +41,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 MIN_COLOURED_PIXELS = 300
 # Our extension's scripts, as the page loads them.
 OUR_SCRIPTS = "/extensions/hierdiff/"
-
-
-def tiny_variant(workflow: examples.Workflow) -> examples.Workflow:
-    """The workflow on the testkit's tiny model, with a 64 x 64 image and 6 steps (seconds on a CPU)."""
-    small = {
-        "EmptyLatentImage": {"width": 64, "height": 64},
-        "HierKSampler": {"steps": 6},
-        "HierSharedTrunkSampler": {"steps": 6, "end_at_step": 3},
-        "BasicScheduler": {"steps": 6},
-    }
-    nodes = []
-    for node in workflow.nodes:
-        if node.type == "CheckpointLoaderSimple":
-            node = examples.Node(node.key, TINY_LOADER, node.pos)
-        else:
-            node = dataclasses.replace(node, widgets={**node.widgets, **small.get(node.type, {})})
-        nodes.append(node)
-    return examples.Workflow(f"{workflow.name}_tiny", nodes, workflow.links)
 
 
 def big_plan_json(path: Path) -> None:
@@ -97,7 +78,8 @@ def browser_report(comfy_server: ComfyServer, object_info, tmp_path_factory) -> 
     jobs = [{"name": path.stem, "file": str(path), "run": False} for path in committed]
     for workflow in examples.workflows():
         path = work / f"{workflow.name}_tiny.json"
-        path.write_text(json.dumps(examples.build(tiny_variant(workflow), object_info)))
+        tiny = examples.on_tiny_model(workflow, steps=6, size=64)
+        path.write_text(json.dumps(examples.build(tiny, object_info)))
         jobs.append({"name": f"{workflow.name}_tiny", "file": str(path), "run": True})
     big_plan = work / "big_plan.json"
     big_plan_json(big_plan)
