@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import comfy.conds
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.model_management
 import comfy.patcher_extension
@@ -25,6 +26,8 @@ from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupNoise,
 from hierdiff_core.schedule import BranchSchedule
 
 from .conditioning import PromptTreeSet, group_model_conds
+from .prior import EMBEDDING_SPACE as PRIOR_SPACE
+from .prior import unclip_adm_rows
 
 NOISE_MODES = ("shared", "per_root")
 
@@ -146,10 +149,12 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         )
         conditioner = GroupConditioner(schedule, self.mix)
         previous = self.model_options.get("sampler_calc_cond_batch_function")
+        row_conds = self._per_row_model_conds(seed)
 
         def calc_cond_batch(args: dict) -> list[torch.Tensor]:
             step = step_for_sigma(full_sigmas, float(args["sigma"].flatten()[0]))
-            context = (args["conds"], args["model"], args["model_options"], conditioner, step, previous)
+            conds = [_with_model_conds(args["conds"][0], row_conds), *args["conds"][1:]]
+            context = (conds, args["model"], args["model_options"], conditioner, step, previous)
             self.count.independent += n * sum(c is not None for c in args["conds"])
             self.count.guided = args["conds"][1] is not None
             self._context = context
@@ -185,10 +190,23 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             )
         return comfy.samplers.calc_cond_batch(model, grouped, x, sigma, model_options)
 
+    def _per_row_model_conds(self, seed: int) -> dict[str, comfy.conds.CONDRegular]:
+        """Per-prompt model inputs that ComfyUI cannot batch itself: unCLIP's ``y`` sums all the image
+        embeddings of a conditioning into one vector, so prior-space trees bring one row per prompt."""
+        if self.prompt_set.embedding_space != PRIOR_SPACE:
+            return {}
+        return {"y": comfy.conds.CONDRegular(unclip_adm_rows(self.prompt_set, self.model_patcher, seed))}
+
     def _prepare_for_batch(self, executor, model, noise_shape, conds, model_options=None):
         # ComfyUI sizes memory from the latent batch; the model only ever sees max_batch groups.
         shape = [min(int(noise_shape[0]), self.max_batch), *noise_shape[1:]]
         return executor(model, shape, conds, model_options=model_options)
+
+
+def _with_model_conds(conds: list[dict] | None, model_conds: dict) -> list[dict] | None:
+    if conds is None or not model_conds:
+        return conds
+    return [{**entry, "model_conds": {**entry["model_conds"], **model_conds}} for entry in conds]
 
 
 def _rows(tensor: torch.Tensor, n: int, name: str) -> torch.Tensor:

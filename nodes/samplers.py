@@ -23,6 +23,7 @@ from hierdiff_core.schedule import BranchSchedule, plan
 from .cluster import PromptTree
 from .conditioning import PromptTreeSet
 from .guider import NOISE_MODES, HierarchicalGuider, summary_line
+from .prior import check_tree_matches_model
 
 HierLatentType = io.Custom("HIER_LATENT")
 
@@ -113,6 +114,7 @@ def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
     """Raises naming prompt_tree when it is empty or its conditioning does not fit the model."""
     if prompt_set is None or prompt_set.tree.n_prompts < 1:
         raise ValueError("prompt_tree input is empty")
+    check_tree_matches_model(prompt_set, model)
     expected = model.model.model_config.unet_config.get("context_dim")
     if expected is not None and prompt_set.context_dim != expected:
         raise ValueError(
