@@ -104,7 +104,18 @@ async function photographWidgets(prefix) {
                 return n;
             }, png.toString("base64"));
         }
-        shots.push({ node: id, ...info, file, coloured_pixels: coloured });
+        // Hover over the left part of the picture (the shared trunk): the tooltip names the group there.
+        let tooltip = "";
+        if (info.rect.width > 0) {
+            await page.mouse.move(info.rect.x + info.rect.width * 0.1, info.rect.y + info.rect.height * 0.5);
+            await page.waitForTimeout(100);
+            tooltip = await page.evaluate((nodeId) => {
+                const view = window.comfyAPI.app.app.graph.getNodeById(nodeId).hierdiffView;
+                return view.tooltip.style.display === "none" ? "" : view.tooltip.textContent;
+            }, id);
+            await page.mouse.move(1, 1);
+        }
+        shots.push({ node: id, ...info, file, coloured_pixels: coloured, tooltip });
     }
     return shots;
 }

@@ -9,7 +9,8 @@ in one browser session and writes a report; the tests below judge it:
 - each committed example workflow loads with no unknown node types;
 - each example, switched to the tiny test model (smaller latent, fewer steps), is converted to a
   prompt by the frontend, queued, and completes; the plan widgets are on screen, photographed, and
-  the photographs hold the dendrogram's coloured lines; the Hierarchy Preview node saved a PNG;
+  the photographs hold the dendrogram's coloured lines, and hovering shows the group's prompts; the
+  Hierarchy Preview node saved a PNG;
 - a saved workflow, loaded after a page reload, draws its plans again without running;
 - a 2,000-prompt plan is laid out and painted quickly, as collapsed groups;
 - our extension logs no console errors and raises no page errors.
@@ -154,6 +155,11 @@ def test_plans_are_drawn_on_screen_after_the_run(browser_report) -> None:
     basic = done["hierdiff_basic_tiny"]
     types = {w["type"] for w in basic["widgets"]}
     assert {"HierPromptSetCluster", "HierKSampler", "HierPlanPreview"} <= types
+    prompts = examples.PROMPTS.splitlines()
+    (sampler,) = [w for w in basic["widgets"] if w["type"] == "HierKSampler"]
+    head, *listed = sampler["tooltip"].split("\n")
+    assert head.split(" ")[0] in {"1", "2", "3", "4", "5", "6"} and " prompt" in head, head
+    assert listed and all(line.removeprefix("\u2022 ") in prompts for line in listed), sampler["tooltip"]
     summaries = [e["summary"][0] for e in basic["executed"] if e["summary"]]
     assert any(s.startswith("6 images, ") and s.endswith(" % saved") for s in summaries), summaries
 
