@@ -61,12 +61,12 @@ class EvaluationCount:
         return 1.0 - self.hierarchical / self.independent if self.independent else 0.0
 
 
-def summary_line(schedule: BranchSchedule, count: EvaluationCount) -> str:
-    n, k = schedule.tree.n_prompts, schedule.steps
-    doubled = " x 2 for guidance" if count.guided else ""
+def measured_line(count: EvaluationCount) -> str:
+    """What the model really evaluated, in latent rows (sampler calls per step and guidance included)."""
+    guidance = ", conditional and unconditional" if count.guided else ""
     return (
-        f"{n} images, {count.hierarchical} model evaluations instead of {count.independent} "
-        f"({k} steps x {n} prompts{doubled}), {100 * count.saving:.1f} % saved"
+        f"measured: {count.hierarchical:,} latent rows through the model instead of {count.independent:,}"
+        f"{guidance}, {100 * count.saving:.1f} % saved"
     )
 
 

@@ -6,7 +6,6 @@ Each node only gathers its inputs, plans, and hands over to :class:`.guider.Hier
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -22,8 +21,9 @@ from hierdiff_core.schedule import BranchSchedule, plan
 
 from .cluster import PromptTree
 from .conditioning import PromptTreeSet
-from .guider import NOISE_MODES, HierarchicalGuider, summary_line
+from .guider import NOISE_MODES, HierarchicalGuider, measured_line
 from .prior import check_tree_matches_model
+from .report import PLAN_KEY, plan_ui
 
 HierLatentType = io.Custom("HIER_LATENT")
 
@@ -172,12 +172,9 @@ def run_steps(
 
 
 def report(guider: HierarchicalGuider) -> tuple[str, dict]:
-    """The plan JSON (for the plan output and the web widget) and the UI output."""
-    plan_json = json.dumps(guider.schedule.to_dict())
-    return plan_json, {
-        "hierdiff_plan": [plan_json],
-        "hierdiff_summary": [summary_line(guider.schedule, guider.count)],
-    }
+    """The plan JSON (for the plan output) and the UI output the web widget draws, with measured counts."""
+    ui = {**plan_ui(guider.schedule), "hierdiff_measured": [measured_line(guider.count)]}
+    return ui[PLAN_KEY][0], ui
 
 
 def _end_step(end_at_step: int, steps: int, start: int, name: str = "end_at_step") -> int:

@@ -63,11 +63,11 @@ def main() -> None:
 
     args.cpu = not options.cuda
     host = InProcessHost.start(base)
-    import nodes as comfy_nodes
-
     import comfy.model_management
     import comfy.sample
     import comfy.utils
+
+    import nodes as comfy_nodes
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     model, clip, _ = tiny_model_module().load_tiny_model()
@@ -86,9 +86,11 @@ def main() -> None:
     side = options.latent
     latent = {"samples": torch.zeros(1, 4, side, side)}
     device = comfy.model_management.get_torch_device()
-    print(f"prompts: {source} ({len(all_prompts)}); device: {device}; tiny SD1.5-architecture model, "
-          f"{side * 8}x{side * 8} px, {options.steps} steps, cfg {options.cfg}, {options.sampler}, "
-          f"batch {options.batch}, target saving {options.target_saving}")
+    print(
+        f"prompts: {source} ({len(all_prompts)}); device: {device}; tiny SD1.5-architecture model, "
+        f"{side * 8}x{side * 8} px, {options.steps} steps, cfg {options.cfg}, {options.sampler}, "
+        f"batch {options.batch}, target saving {options.target_saving}"
+    )
     print(f"{'N':>5} {'stock s':>9} {'hier s':>9} {'eval saving':>12} {'wall saving':>12} {'ratio':>6}")
 
     def synchronise() -> None:
@@ -97,11 +99,28 @@ def main() -> None:
 
     for n in sizes:
         prompts = (all_prompts * (n // len(all_prompts) + 1))[:n]
-        tree = classes["HierPromptSetCluster"].execute([clip], ["\n".join(prompts)], ["ward"], ["clip_pooled"])
+        tree = classes["HierPromptSetCluster"].execute(
+            [clip], ["\n".join(prompts)], ["ward"], ["clip_pooled"]
+        )
         prompt_set = tree.args[0]
         # Warm-up so that first-call costs (allocations, kernel choice) fall on neither side.
-        classes["HierKSampler"].execute(model, prompt_set, negative, latent, 1, 2, options.cfg, options.sampler,
-                                        "normal", 1.0, "tau", 0.0, options.batch, "shared", "mean")
+        classes["HierKSampler"].execute(
+            model,
+            prompt_set,
+            negative,
+            latent,
+            1,
+            2,
+            options.cfg,
+            options.sampler,
+            "normal",
+            1.0,
+            "tau",
+            0.0,
+            options.batch,
+            "shared",
+            "mean",
+        )
 
         counted["rows"] = 0
         synchronise()
@@ -110,27 +129,61 @@ def main() -> None:
         cond, extras = prompt_set.conditioning[0]
         for first in range(0, n, options.batch):
             rows = slice(first, min(first + options.batch, n))
-            positive = [[cond[rows], {k: v[rows] if isinstance(v, torch.Tensor) and v.shape[0] == n else v
-                                      for k, v in extras.items()}]]
+            positive = [
+                [
+                    cond[rows],
+                    {
+                        k: v[rows] if isinstance(v, torch.Tensor) and v.shape[0] == n else v
+                        for k, v in extras.items()
+                    },
+                ]
+            ]
             size = rows.stop - rows.start
-            comfy.sample.sample(model, noise.expand(size, -1, -1, -1), options.steps, options.cfg, options.sampler,
-                                "normal", positive, negative, latent["samples"].expand(size, -1, -1, -1), seed=0)
+            comfy.sample.sample(
+                model,
+                noise.expand(size, -1, -1, -1),
+                options.steps,
+                options.cfg,
+                options.sampler,
+                "normal",
+                positive,
+                negative,
+                latent["samples"].expand(size, -1, -1, -1),
+                seed=0,
+            )
         synchronise()
         stock_seconds = time.perf_counter() - start
         stock_rows = counted["rows"]
 
         counted["rows"] = 0
         start = time.perf_counter()
-        classes["HierKSampler"].execute(model, prompt_set, negative, latent, 0, options.steps, options.cfg,
-                                        options.sampler, "normal", 1.0, "target_saving", options.target_saving,
-                                        options.batch, "shared", "mean")
+        classes["HierKSampler"].execute(
+            model,
+            prompt_set,
+            negative,
+            latent,
+            0,
+            options.steps,
+            options.cfg,
+            options.sampler,
+            "normal",
+            1.0,
+            "target_saving",
+            options.target_saving,
+            options.batch,
+            "shared",
+            "mean",
+        )
         synchronise()
         hier_seconds = time.perf_counter() - start
         eval_saving = 1 - counted["rows"] / stock_rows
         wall_saving = 1 - hier_seconds / stock_seconds
         ratio = wall_saving / eval_saving if eval_saving > 0 else float("nan")
-        print(f"{n:>5} {stock_seconds:>9.2f} {hier_seconds:>9.2f} {eval_saving:>11.1%} {wall_saving:>11.1%} "
-              f"{ratio:>6.2f}", flush=True)
+        print(
+            f"{n:>5} {stock_seconds:>9.2f} {hier_seconds:>9.2f} {eval_saving:>11.1%} {wall_saving:>11.1%} "
+            f"{ratio:>6.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -185,8 +185,11 @@ def test_model_sees_exactly_the_planned_evaluations(comfy, cfg):
     assert counter["rows"] == guidance * schedule.model_evaluations
     assert schedule.saving >= 0.4
     summary = out.ui["hierdiff_summary"][0]
-    assert f"{guidance * schedule.model_evaluations} model evaluations instead of " in summary
-    assert f"{guidance * steps * len(SET_WITH_SPLITS)} " in summary
+    n = len(SET_WITH_SPLITS)
+    assert f" {schedule.model_evaluations} model evaluations instead of {steps} x {n} " in summary
+    measured = out.ui["hierdiff_measured"][0]
+    assert f" {guidance * schedule.model_evaluations} latent rows through the model instead of " in measured
+    assert f" {guidance * steps * len(SET_WITH_SPLITS)}," in measured
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "ddim"])

@@ -1,0 +1,185 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The hierarchical nodes on a real headless ComfyUI server: listing, whole workflows, Cancel."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+from host import TINY_LOADER
+
+PROMPTS = ["a red cat on a sofa", "a red cat on a chair", "a blue dog in the snow", "an old castle at night"]
+NODE_IDS = {
+    "HierPromptSetCluster": "Prompt Set Cluster",
+    "HierSharedTrunkSampler": "Shared Trunk Sampler",
+    "HierBranchSampler": "Branch Sampler",
+    "HierKSampler": "Hierarchical KSampler",
+    "HierGuider": "Hierarchical Guider",
+}
+
+
+def base_graph(prompts: list[str]) -> dict[str, dict]:
+    return {
+        "loader": {"class_type": TINY_LOADER, "inputs": {}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ""}},
+        "cluster": {
+            "class_type": "HierPromptSetCluster",
+            "inputs": {
+                "clip": ["loader", 1],
+                "prompts": "\n".join(prompts),
+                "linkage": "ward",
+                "embedding": "clip_pooled",
+            },
+        },
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+
+
+def sampling_inputs(steps: int, max_batch: int = 64) -> dict:
+    return {
+        "seed": 3,
+        "steps": steps,
+        "cfg": 6.0,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "denoise": 1.0,
+        "budget": "target_saving",
+        "budget_value": 0.5,
+        "max_batch": max_batch,
+        "noise_mode": "shared",
+        "conditioning_mix": "mean",
+    }
+
+
+def saved(graph: dict, source: list) -> dict:
+    graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["loader", 2]}}
+    graph["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "srv"}}
+    return graph
+
+
+def test_object_info_lists_every_hierarchical_node_in_its_category(comfy_server):
+    info = comfy_server.object_info()
+    for node_id, display_name in NODE_IDS.items():
+        assert node_id in info, f"{node_id} missing from /object_info"
+        assert info[node_id]["display_name"] == display_name
+        assert info[node_id]["category"] == "sampling/hierarchical"
+    assert info["HierKSampler"]["output"] == ["LATENT", "STRING"]
+    assert info["HierGuider"]["output"] == ["GUIDER"]
+
+
+def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
+    graph = base_graph(PROMPTS)
+    graph["trunk"] = {
+        "class_type": "HierSharedTrunkSampler",
+        "inputs": {
+            "model": ["loader", 0],
+            "prompt_tree": ["cluster", 0],
+            "negative": ["negative", 0],
+            "latent_image": ["latent", 0],
+            "end_at_step": 3,
+            **sampling_inputs(6),
+        },
+    }
+    graph["branch"] = {
+        "class_type": "HierBranchSampler",
+        "inputs": {
+            "model": ["loader", 0],
+            "hier_latent": ["trunk", 0],
+            "negative": ["negative", 0],
+            "cfg": 6.0,
+            "sampler_name": "dpmpp_2m",
+            "end_at_step": 10000,
+        },
+    }
+    entry = comfy_server.run(saved(graph, ["branch", 0]))
+    images = entry["outputs"]["save"]["images"]
+    assert len(images) == len(PROMPTS)
+    assert comfy_server.view(images[0]).startswith(b"\x89PNG")
+    assert entry["outputs"]["branch"]["hierdiff_summary"][0].startswith(f"{len(PROMPTS)} images, ")
+
+
+def test_guider_workflow_with_sampler_custom_advanced(comfy_server):
+    graph = base_graph(PROMPTS)
+    graph.update(
+        {
+            "guider": {
+                "class_type": "HierGuider",
+                "inputs": {
+                    "model": ["loader", 0],
+                    "prompt_tree": ["cluster", 0],
+                    "negative": ["negative", 0],
+                    "cfg": 6.0,
+                    "budget": "tau",
+                    "budget_value": 0.3,
+                    "max_batch": 2,
+                    "noise_mode": "per_root",
+                    "conditioning_mix": "medoid",
+                },
+            },
+            "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}},
+            "sigmas": {
+                "class_type": "BasicScheduler",
+                "inputs": {"model": ["loader", 0], "scheduler": "karras", "steps": 5, "denoise": 1.0},
+            },
+            "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 11}},
+            "custom": {
+                "class_type": "SamplerCustomAdvanced",
+                "inputs": {
+                    "noise": ["noise", 0],
+                    "guider": ["guider", 0],
+                    "sampler": ["select", 0],
+                    "sigmas": ["sigmas", 0],
+                    "latent_image": ["latent", 0],
+                },
+            },
+        }
+    )
+    entry = comfy_server.run(saved(graph, ["custom", 0]))
+    assert len(entry["outputs"]["save"]["images"]) == len(PROMPTS)
+
+
+def _wait_until_running(server, prompt_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = server.get_json("/queue")["queue_running"]
+        if any(item[1] == prompt_id for item in running):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"prompt {prompt_id} never started")
+
+
+def _finished_events(server, prompt_id: str, timeout: float = 60.0) -> list[str]:
+    """The status event names of a finished prompt (from /history)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry is not None and entry.get("status", {}).get("completed") is not None:
+            return [event for event, _ in entry["status"].get("messages", [])]
+        time.sleep(0.05)
+    raise AssertionError(f"prompt {prompt_id} did not finish after the interrupt")
+
+
+def test_cancel_stops_the_run_and_the_next_prompt_runs_normally(comfy_server):
+    graph = base_graph(PROMPTS)
+    graph["sampler"] = {
+        "class_type": "HierKSampler",
+        "inputs": {
+            "model": ["loader", 0],
+            "prompt_tree": ["cluster", 0],
+            "negative": ["negative", 0],
+            "latent_image": ["latent", 0],
+            **sampling_inputs(10000, max_batch=1),
+        },
+    }
+    long_id = comfy_server.queue(saved(graph, ["sampler", 0]))
+    _wait_until_running(comfy_server, long_id)
+    time.sleep(1.0)  # inside the sampler: the loader and the encoders take well under a second here
+    started = time.monotonic()
+    requests.post(comfy_server.url + "/interrupt", timeout=10).raise_for_status()
+    events = _finished_events(comfy_server, long_id)
+    assert time.monotonic() - started < 10, "Cancel took effect only after many model calls"
+    assert "execution_interrupted" in events and "execution_success" not in events
+
+    graph["sampler"]["inputs"].update(sampling_inputs(4))
+    entry = comfy_server.run(saved(graph, ["sampler", 0]))
+    assert len(entry["outputs"]["save"]["images"]) == len(PROMPTS)
