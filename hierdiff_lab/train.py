@@ -1,0 +1,595 @@
+"""Train a tiny SD1.5-architecture text-to-image model on the synthetic shapes domain.
+
+The model is ComfyUI's own SD1.5 classes (the openaimodel UNet, the SD1 CLIP text transformer behind
+the real SD1 tokenizer, the KL autoencoder) at tiny widths, in the layout of the hierdiff testkit's
+tiny model (``testkit/tiny_model.py``): its text encoder and VAE configs unchanged, a wider UNet. The
+checkpoint it writes loads through the testkit loader's ``checkpoint`` input exactly like the random
+tiny model.
+
+Two phases, so the training can run on a machine without the ComfyUI host's full dependencies:
+
+``prepare`` (needs the ComfyUI host: testkit configs, SD1 tokenizer) writes a small ``.npz`` with the
+model spec and the tokenised captions of the training set;
+``fit`` (needs torch and ComfyUI's ``comfy`` package only) regenerates the images from the seed, trains
+the VAE, normalises its latents to SD1.5's scale, trains the UNet and text encoder jointly
+(eps-prediction, SD1.5's scaled-linear betas so ComfyUI's SD15 model sampling matches, caption dropout
+for classifier-free guidance, EMA weights) and writes the safetensors checkpoint.
+
+``python -m hierdiff_lab.train --out PATH`` does both (CPU by default; ``--preset gpu`` for the longer
+schedule used for the committed weights). Everything is deterministic for a seed on a given device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFY_HOST = ROOT / ".comfyui"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "weights" / "shapes-t2i.safetensors"
+
+# SD1.5's latent scale (ComfyUI's latent_formats.SD15) and beta schedule (scaled linear, 1000 steps).
+SD15_LATENT_SCALE = 0.18215
+SD15_LINEAR_START, SD15_LINEAR_END, SD15_TIMESTEPS = 0.00085, 0.012, 1000
+
+# The UNet differs from the testkit's tiny one only in capacity: wider, one more level.
+UNET_OVERRIDES = {
+    "model_channels": 32,
+    "channel_mult": [1, 2, 4],
+    "num_res_blocks": [1, 1, 1],
+    "transformer_depth": [1, 1, 1],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training schedule. ``presets`` holds the CPU and GPU schedules."""
+
+    seed: int = 0
+    samples: int = 20000  # training images (regenerated from the seed)
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_crop: int = 32  # VAE trains on random crops (it is fully convolutional): 4x cheaper at 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 6000
+    unet_batch: int = 128
+    unet_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    log_every: int = 250
+    # Wall-clock cap on the UNet phase: after 50 steps the step count is cut to what fits (then printed
+    # and stored in the checkpoint's metadata; rerun with that unet_steps and no cap to reproduce).
+    unet_minutes: float = 0.0
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "cpu": TrainConfig(),
+    "gpu": TrainConfig(
+        samples=40000,
+        vae_steps=4000,
+        vae_batch=64,
+        vae_crop=64,
+        unet_steps=24000,
+        unet_batch=256,
+        ema_decay=0.9995,
+        log_every=1000,
+    ),
+    "smoke": TrainConfig(samples=256, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=8, log_every=2),
+}
+
+
+def use_comfy_host(cpu: bool) -> None:
+    """Make ComfyUI's packages importable (the git-ignored host folder) and pick its device mode.
+
+    Must run before anything imports ``comfy.model_management``.
+    """
+    for path in (str(ROOT), str(COMFY_HOST)):  # the host first: its `nodes` module is not ours
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    from comfy.cli_args import args
+
+    args.cpu = cpu
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+def model_spec() -> dict:
+    """The model's configs and checkpoint metadata, from the testkit (needs the full ComfyUI host)."""
+    import comfy.supported_models
+
+    from testkit import tiny_model
+
+    unet_config = {**tiny_model.UNET_CONFIG, **UNET_OVERRIDES}
+    # SD15 adds its fixed extras (attention heads); the UNet is built with exactly this dict.
+    full_unet_config = dict(comfy.supported_models.SD15(dict(unet_config)).unet_config)
+    return {
+        "unet": full_unet_config,
+        "text": tiny_model.TEXT_CONFIG,
+        "vae": tiny_model.VAE_CONFIG,
+        "prefixes": {
+            "unet": tiny_model.UNET_PREFIX,
+            "clip": tiny_model.CLIP_PREFIX,
+            "vae": tiny_model.VAE_PREFIX,
+        },
+        "metadata_keys": {
+            "format": tiny_model.META_FORMAT,
+            "format_value": tiny_model.FORMAT_VALUE,
+            "text_config": tiny_model.META_TEXT_CONFIG,
+            "vae_config": tiny_model.META_VAE_CONFIG,
+            "seed": tiny_model.META_SEED,
+        },
+    }
+
+
+def tokenize(captions: list[str], embedding_size: int) -> np.ndarray:
+    """(N, 77) int32 token ids, exactly as ComfyUI's SD1 tokenizer makes them for CLIPTextEncode."""
+    import comfy.sd1_clip
+
+    tokenizer = comfy.sd1_clip.SDTokenizer(embedding_size=embedding_size)
+    rows = []
+    for text in captions:
+        (batch,) = tokenizer.tokenize_with_weights(text)  # short captions: one 77-token chunk
+        rows.append([int(token) for token, _weight in batch])
+    return np.asarray(rows, dtype=np.int32)
+
+
+def prepare(config: TrainConfig, path: Path) -> Path:
+    """Write the ``fit`` phase's input: model spec and tokenised captions (a few MB, compressed)."""
+    spec = model_spec()
+    captions = [text for _image, text, _scene in synthetic.samples(config.seed, config.samples)]
+    unique = sorted(set(captions))
+    index = {text: i for i, text in enumerate(unique)}
+    eval_captions = evaluation_captions(config.seed)
+    tokens = tokenize(unique + eval_captions + [""], spec["text"]["hidden_size"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        spec=np.array(json.dumps(spec)),
+        seed=np.array(config.seed),
+        samples=np.array(config.samples),
+        caption_tokens=tokens[: len(unique)],
+        eval_captions=np.array(eval_captions),
+        eval_tokens=tokens[len(unique) : -1],
+        caption_index=np.array([index[text] for text in captions], dtype=np.int32),
+        empty_tokens=tokens[-1],
+    )
+    return path
+
+
+def evaluation_captions(seed: int, count: int = 96) -> list[str]:
+    """Canonical captions of ``count`` distinct scenes drawn with ``seed``: the held-out check."""
+    scenes = synthetic.all_scenes()
+    order = np.random.default_rng(seed + 1).permutation(len(scenes))[:count]
+    return [synthetic.canonical_caption(scenes[i]) for i in order]
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def reset_parameters(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Training initialisation (ComfyUI's ops skip PyTorch's): PyTorch's default init per layer type,
+    token/position embeddings N(0, 0.02) as CLIP's, deterministic from ``generator``."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    bases = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    for child in module.modules():
+        if isinstance(child, torch.nn.Embedding):
+            torch.nn.init.normal_(child.weight, std=0.02)
+            continue
+        for base in bases:
+            if isinstance(child, base):
+                base.reset_parameters(child)
+                break
+    torch.random.set_rng_state(state)
+
+
+def build_modules(spec: dict, device: torch.device, generator: torch.Generator):
+    """(unet, text_model, vae): ComfyUI's SD1.5 module classes at the spec's widths, initialised."""
+    import comfy.clip_model
+    import comfy.ldm.models.autoencoder
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ops = comfy.ops.disable_weight_init
+    unet_config = {k: v for k, v in spec["unet"].items() if k != "dtype"}
+    unet = UNetModel(**unet_config, dtype=torch.float32, device=device, operations=ops)
+    text_model = comfy.clip_model.CLIPTextModel(dict(spec["text"]), torch.float32, device, ops)
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(**json.loads(json.dumps(spec["vae"]))).to(device)
+    for module in (unet, text_model, vae):
+        reset_parameters(module, generator)
+    with torch.no_grad():  # zero output layer: the UNet starts by predicting zero noise
+        unet.out[-1].weight.zero_()
+        unet.out[-1].bias.zero_()
+    return unet, text_model, vae
+
+
+def _log(stage: str, step: int, total: int, losses: list[torch.Tensor], started: float) -> None:
+    # Losses stay on the device between reports: one synchronisation per report, not per step.
+    mean = float(torch.stack(losses).mean())
+    print(f"[{stage}] step {step:6d}/{total}  loss {mean:.5f}  {time.time() - started:7.1f}s", flush=True)
+
+
+def vae_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, logvar) of the latent for pixels in [-1, 1]; each (B, 4, H/8, W/8)."""
+    mean, logvar = vae.quant_conv(vae.encoder(pixels)).chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
+def train_vae(vae, images: np.ndarray, config: TrainConfig, device: torch.device, generator: torch.Generator):
+    """Reconstruction (MSE) plus a small KL term, on random crops; prints the loss curve."""
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    resolution = images.shape[1]
+    losses: list[torch.Tensor] = []
+    started = time.time()
+    for step in range(1, config.vae_steps + 1):
+        rows = torch.randint(len(images), (config.vae_batch,), generator=generator).numpy()
+        top, left = (
+            int(v) for v in torch.randint(resolution - config.vae_crop + 1, (2,), generator=generator)
+        )
+        crop = images[rows, top : top + config.vae_crop, left : left + config.vae_crop]
+        pixels = torch.from_numpy(crop).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        mean, logvar = vae_posterior(vae, pixels)
+        noise = torch.randn(mean.shape, generator=generator).to(device)
+        latent = mean + torch.exp(0.5 * logvar) * noise
+        reconstruction = vae.decoder(vae.post_quant_conv(latent))
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        loss = torch.nn.functional.mse_loss(reconstruction, pixels) + 1e-4 * kl
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.detach())
+        if step % config.log_every == 0 or step == config.vae_steps:
+            _log("vae", step, config.vae_steps, losses[-config.log_every :], started)
+    return [float(v) for v in torch.stack(losses).cpu()]
+
+
+@torch.no_grad()
+def encode_images(vae, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """(N, 4, H/8, W/8) latent means (the posterior mode, as ComfyUI's VAEEncode returns)."""
+    out = []
+    for start in range(0, len(images), batch):
+        pixels = torch.from_numpy(images[start : start + batch]).to(device).permute(0, 3, 1, 2).float()
+        out.append(vae_posterior(vae, pixels / 127.5 - 1.0)[0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Fold a per-channel shift and scale into the VAE's quant convs so that latents times SD1.5's
+    0.18215 have zero mean and unit variance per channel (the scale the sampler's noise assumes).
+    Returns the latents in the new scale (unscaled by 0.18215)."""
+    mean = latents.mean(dim=(0, 2, 3))
+    scale = 1.0 / (SD15_LATENT_SCALE * latents.std(dim=(0, 2, 3)))
+    channels = len(mean)
+    quant, post = vae.quant_conv, vae.post_quant_conv
+    # quant_conv's first `channels` outputs are the mean: z' = (z - m) * k.
+    quant.weight[:channels] *= scale.view(-1, 1, 1, 1)
+    quant.bias[:channels] = (quant.bias[:channels] - mean) * scale
+    # logvar rows: var scales by k^2.
+    quant.bias[channels:] += 2.0 * torch.log(scale)
+    # post_quant_conv(z) = W z + b = (W / k) z' + (b + W m).
+    post.bias += post.weight[:, :, 0, 0] @ mean
+    post.weight /= scale.view(1, -1, 1, 1)
+    return (latents - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+
+
+def alphas_cumprod(device: torch.device) -> torch.Tensor:
+    """(1000,) SD1.5's cumulative alphas, from ComfyUI's own beta schedule function."""
+    from comfy.ldm.modules.diffusionmodules.util import make_beta_schedule
+
+    betas = torch.as_tensor(
+        make_beta_schedule(
+            "linear", SD15_TIMESTEPS, linear_start=SD15_LINEAR_START, linear_end=SD15_LINEAR_END
+        )
+    )
+    return torch.cumprod(1.0 - betas, dim=0).float().to(device)
+
+
+def encode_text(text_model, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, 77, C) cross-attention context: the last layer after the final layer norm, as SD1 CLIP's
+    ``layer="last"`` gives CLIPTextEncode."""
+    return text_model(tokens, None, dtype=torch.float32)[0]
+
+
+def allow_text_backprop(text_model) -> None:
+    """ComfyUI's CLIP layers add residuals in place (``x += ...``), which overwrites the tensor their
+    layer norms saved for the backward pass; feeding each layer norm a copy keeps autograd valid
+    without changing a single value of the forward pass."""
+    for module in text_model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.register_forward_pre_hook(lambda _module, args: (args[0].clone(), *args[1:]))
+
+
+def train_unet(
+    unet,
+    text_model,
+    x0: torch.Tensor,
+    tokens: torch.Tensor,
+    empty: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+):
+    """Joint UNet and text-encoder training (eps-prediction); returns (losses, ema_state)."""
+    allow_text_backprop(text_model)
+    parameters = list(unet.parameters()) + list(text_model.parameters())
+    optimiser = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.0)
+    total = config.unet_steps
+    warmup = max(1, total // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    )
+    ema = [p.detach().clone() for p in parameters]
+    abar = alphas_cumprod(device)
+    losses: list[torch.Tensor] = []
+    started = time.time()
+    step = 0
+    while step < total:
+        step += 1
+        if config.unet_minutes and step == 51:
+            seconds_per_step = (time.time() - started) / 50
+            total = min(total, int(config.unet_minutes * 60 / seconds_per_step))
+            print(
+                f"[unet] {seconds_per_step * 1000:.1f} ms/step: {total} steps fit {config.unet_minutes} min"
+            )
+        rows = torch.randint(len(x0), (config.unet_batch,), generator=generator).to(device)
+        batch_tokens = tokens[rows]
+        dropped = (torch.rand(config.unet_batch, generator=generator) < config.caption_dropout).to(device)
+        batch_tokens = torch.where(dropped[:, None], empty[None, :], batch_tokens)
+        t = torch.randint(SD15_TIMESTEPS, (config.unet_batch,), generator=generator).to(device)
+        noise = torch.randn(x0[rows].shape, generator=generator).to(device)
+        a = abar[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0[rows] + (1 - a).sqrt() * noise
+        predicted = unet(noisy, timesteps=t.float(), context=encode_text(text_model, batch_tokens))
+        loss = torch.nn.functional.mse_loss(predicted, noise)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        schedule.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in parameters], 1.0 - decay)
+        losses.append(loss.detach())
+        if step % config.log_every == 0 or step == total:
+            _log("unet", step, total, losses[-config.log_every :], started)
+    return [float(v) for v in torch.stack(losses).cpu()], ema
+
+
+@torch.no_grad()
+def sample_ddim(
+    unet,
+    text_model,
+    vae,
+    tokens: torch.Tensor,
+    empty: torch.Tensor,
+    seed: int,
+    steps: int = 25,
+    cfg: float = 4.0,
+) -> np.ndarray:
+    """Quick in-training check (not ComfyUI's sampler): deterministic DDIM with classifier-free
+    guidance. tokens (B, 77) -> images (B, 64, 64, 3) uint8."""
+    device = tokens.device
+    abar = alphas_cumprod(device)
+    generator = torch.Generator().manual_seed(seed)
+    latent_shape = (len(tokens), 4, 8, 8)
+    x = torch.randn(latent_shape, generator=generator).to(device)
+    context = torch.cat(
+        [encode_text(text_model, tokens), encode_text(text_model, empty[None].expand_as(tokens))]
+    )
+    timesteps = torch.linspace(SD15_TIMESTEPS - 1, 0, steps).round().long().tolist()
+    for i, t in enumerate(timesteps):
+        both = unet(
+            torch.cat([x, x]), timesteps=torch.full((2 * len(x),), float(t), device=device), context=context
+        )
+        conditional, unconditional = both.chunk(2)
+        eps = unconditional + cfg * (conditional - unconditional)
+        a = abar[t]
+        a_next = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=device)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    pixels = vae.decoder(vae.post_quant_conv(x / SD15_LATENT_SCALE))
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def acceptance(images: np.ndarray, captions: list[str]) -> dict[str, float]:
+    """Fraction of images the checker accepts per attribute, and for all attributes together."""
+    from . import checker
+
+    results = [checker.check(image, text) for image, text in zip(images, captions, strict=True)]
+    rates = {name: float(np.mean([r[name] for r in results])) for name in synthetic.ATTRIBUTES}
+    rates["all"] = float(np.mean([all(r.values()) for r in results]))
+    return rates
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int = 12) -> None:
+    """Tile (B, H, W, 3) uint8 images into one PNG."""
+    from PIL import Image
+
+    rows = math.ceil(len(images) / columns)
+    height, width = images.shape[1:3]
+    grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    Image.fromarray(grid).save(path)
+
+
+def checkpoint_state(spec: dict, unet, text_model, vae) -> dict[str, torch.Tensor]:
+    """The standard SD checkpoint layout, float16 (halves the committed file; ComfyUI upcasts)."""
+    prefixes = spec["prefixes"]
+    state: dict[str, torch.Tensor] = {}
+    parts = (
+        (prefixes["unet"], unet.state_dict()),
+        # SD1.5 checkpoints carry the text transformer only (``cond_stage_model.transformer.text_model.``).
+        (prefixes["clip"] + "transformer.text_model.", text_model.text_model.state_dict()),
+        (prefixes["vae"], vae.state_dict()),
+    )
+    for prefix, part in parts:
+        for key, tensor in part.items():
+            state[prefix + key] = tensor.detach().to("cpu", torch.float16).contiguous()
+    return state
+
+
+def load_weights(path: Path, spec: dict, unet, text_model, vae) -> dict[str, str]:
+    """Load a checkpoint written by :func:`fit` into the modules; returns its metadata."""
+    import safetensors
+
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        state = {key: handle.get_tensor(key).float() for key in handle.keys()}
+        metadata = handle.metadata()
+    prefixes = spec["prefixes"]
+    parts = (
+        (prefixes["unet"], unet),
+        (prefixes["clip"] + "transformer.text_model.", text_model.text_model),
+        (prefixes["vae"], vae),
+    )
+    for prefix, module in parts:
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return metadata
+
+
+def fit(
+    prepared: Path, config: TrainConfig, output: Path, device: torch.device, init: Path | None = None
+) -> dict:
+    """Train from a ``prepare`` file and write the checkpoint; returns a summary of the run.
+
+    With ``init`` (a checkpoint this function wrote), training continues from its weights: its VAE is
+    kept as it is (already normalised) and only the UNet phase runs, from its UNet and text encoder."""
+    import safetensors.torch
+
+    data = np.load(prepared)
+    spec = json.loads(str(data["spec"]))
+    if int(data["seed"]) != config.seed or int(data["samples"]) != config.samples:
+        raise ValueError(
+            f"{prepared} was prepared for seed {int(data['seed'])}, {int(data['samples'])} samples"
+        )
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    started = time.time()
+    images, _captions, _scenes = synthetic.dataset(config.seed, config.samples)
+    print(f"[data] {len(images)} images {images.shape[1:]} in {time.time() - started:.1f}s", flush=True)
+
+    unet, text_model, vae = build_modules(spec, device, generator)
+    counts = {
+        name: sum(p.numel() for p in m.parameters())
+        for name, m in (("unet", unet), ("text", text_model), ("vae", vae))
+    }
+    print(f"[model] parameters {counts}", flush=True)
+
+    if init is None:
+        vae_losses = train_vae(vae, images, config, device, generator)
+        vae.eval()
+        latents = normalise_latents(vae, encode_images(vae, images, device))
+    else:
+        earlier = json.loads(
+            load_weights(init, spec, unet, text_model, vae)["hierdiff.shapes_t2i.final_losses"]
+        )
+        vae_losses = [earlier["vae"]]
+        vae.eval()
+        latents = encode_images(vae, images, device)
+        print(f"[init] continuing from {init} (earlier losses {earlier})", flush=True)
+    x0 = latents * SD15_LATENT_SCALE
+    print(f"[latents] {tuple(x0.shape)} std {float(x0.std()):.3f}", flush=True)
+
+    tokens = torch.from_numpy(data["caption_tokens"][data["caption_index"]].astype(np.int64)).to(device)
+    empty = torch.from_numpy(data["empty_tokens"].astype(np.int64)).to(device)
+    unet_losses, ema = train_unet(unet, text_model, x0, tokens, empty, config, device, generator)
+    with torch.no_grad():
+        for parameter, averaged in zip(
+            list(unet.parameters()) + list(text_model.parameters()), ema, strict=True
+        ):
+            parameter.copy_(averaged)
+
+    seconds = time.time() - started
+    unet.eval()
+    text_model.eval()
+    eval_captions = [str(c) for c in data["eval_captions"]]
+    eval_tokens = torch.from_numpy(data["eval_tokens"].astype(np.int64)).to(device)
+    samples = sample_ddim(unet, text_model, vae, eval_tokens, empty, seed=config.seed)
+    rates = acceptance(samples, eval_captions)
+    print(
+        f"[eval] checker acceptance on {len(samples)} held-out captions (DDIM 25, cfg 4): {rates}", flush=True
+    )
+    save_grid(samples, output.with_name(output.stem + "-samples.png"))
+    metadata = {
+        spec["metadata_keys"]["format"]: spec["metadata_keys"]["format_value"],
+        spec["metadata_keys"]["text_config"]: json.dumps(spec["text"], sort_keys=True),
+        spec["metadata_keys"]["vae_config"]: json.dumps(spec["vae"], sort_keys=True),
+        spec["metadata_keys"]["seed"]: str(config.seed),
+        "hierdiff.shapes_t2i.train_config": json.dumps(
+            {**dataclasses.asdict(config), "unet_steps": len(unet_losses), "unet_minutes": 0.0},
+            sort_keys=True,
+        ),
+        "hierdiff.shapes_t2i.acceptance": json.dumps(rates, sort_keys=True),
+        "hierdiff.shapes_t2i.final_losses": json.dumps(
+            {"vae": float(np.mean(vae_losses[-100:])), "unet": float(np.mean(unet_losses[-500:]))}
+        ),
+        "hierdiff.shapes_t2i.note": "Trained on hierdiff_lab's synthetic shapes; a demo model.",
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    safetensors.torch.save_file(
+        checkpoint_state(spec, unet, text_model, vae), str(partial), metadata=metadata
+    )
+    os.replace(partial, output)
+    summary = {
+        "seconds": seconds,
+        "device": str(device),
+        "parameters": counts,
+        "vae_loss": float(np.mean(vae_losses[-100:])),
+        "unet_loss": float(np.mean(unet_losses[-500:])),
+        "unet_steps": len(unet_losses),
+        "acceptance": rates,
+        "output": str(output),
+    }
+    print(f"[done] {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", nargs="?", choices=("all", "prepare", "fit"), default="all")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prepared", type=Path, default=ROOT / "out" / "shapes-t2i-prepared.npz")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--device", default="cpu", help="torch device for fit (cpu, cuda)")
+    parser.add_argument("--unet-steps", type=int, help="override the preset's UNet steps")
+    parser.add_argument("--unet-minutes", type=float, help="cap the UNet phase's wall-clock minutes")
+    parser.add_argument("--init", type=Path, help="continue the UNet phase from this checkpoint")
+    parser.add_argument("--lr", type=float, help="override the preset's UNet learning rate")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    config = dataclasses.replace(PRESETS[args.preset], seed=args.seed)
+    if args.unet_steps is not None:
+        config = dataclasses.replace(config, unet_steps=args.unet_steps)
+    if args.lr is not None:
+        config = dataclasses.replace(config, unet_lr=args.lr)
+    if args.unet_minutes is not None:
+        config = dataclasses.replace(config, unet_minutes=args.unet_minutes)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    use_comfy_host(cpu=device.type == "cpu")
+    if args.phase in ("all", "prepare"):
+        print(f"[prepare] {prepare(config, args.prepared)}", flush=True)
+    if args.phase in ("all", "fit"):
+        fit(args.prepared, config, args.out, device, init=args.init)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
