@@ -1,0 +1,279 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Hierarchical sampling on ComfyUI's other model families, with tiny random models (testkit).
+
+Specification, per family: at tau = 0 HierKSampler gives every prompt exactly what stock ComfyUI
+sampling gives that prompt alone (same seed, relative 1e-4), and with a budget the model sees one
+row per active group whose pooled/adm input ``y`` is the group's mix:
+- SDXL: pooled output + size extras -> adm ``y``; a group's ``y`` is SDXL's adm of its mean pooled output;
+- Stable unCLIP (SD2.1) through the prior path: HierPriorEmbed -> PROMPT_TREE (prior space) ->
+  HierKSampler equals stock sampling conditioned through ComfyUI's unCLIPConditioning node; a group's
+  ``y`` is unCLIP's adm of its members' mean image embedding;
+- SD3 (MMDiT, pooled ``y`` + joint attention) and Flux (``guidance`` in the conditioning).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from host import tiny_model_module
+
+from hierdiff_core.engine import group_mean
+from hierdiff_core.tree import build_tree
+
+SEED = 11
+STEPS = 4
+N_PROMPTS = 3
+PROMPTS = [f"prompt {i}" for i in range(N_PROMPTS)]
+SET_WITH_SPLITS = [f"prompt {i}" for i in range(6)]
+COND = 0  # comfy.samplers' marker of a conditional (positive) chunk in cond_or_uncond
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_host):
+    """Stock ComfyUI (its ``nodes`` module), our pack's node classes and modules, the testkit families."""
+    import comfy.utils
+
+    import nodes as comfy_nodes
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    tiny_model_module()  # puts the repository root on sys.path for the testkit package
+    import testkit.tiny_families as families
+
+    classes = comfy_host.node_classes
+    sampler_module = sys.modules[classes["HierKSampler"].__module__]
+    package = sampler_module.__name__.rsplit(".", 1)[0]
+
+    class Comfy:
+        stock = comfy_nodes
+        node_classes = classes
+        conditioning = sys.modules[f"{package}.conditioning"]
+        samplers = sampler_module
+        tiny = families
+
+    return Comfy
+
+
+def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
+    """Equal within 1e-4 of the reference's magnitude (random weights give latents far from unit scale)."""
+    scale = max(1.0, reference.abs().max().item())
+    difference = (actual - reference).abs().max().item()
+    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
+
+
+def text_prompt_set(comfy, family: str, conditionings: list[list], prompts: list[str]):
+    """A PROMPT_TREE over per-prompt CONDITIONINGs, clustered on their pooled outputs."""
+    stacked = comfy.conditioning.stack_conditionings(conditionings)
+    embeddings = comfy.conditioning.clustering_embeddings(stacked)
+    tree = build_tree(embeddings, prompts=prompts)
+    return comfy.conditioning.PromptTreeSet(tree, tuple(prompts), stacked, "clip_pooled")
+
+
+def hier_ksampler(comfy, model, prompt_set, negative, latent, *, cfg, budget="tau", value=0.0, steps=STEPS):
+    return comfy.node_classes["HierKSampler"].execute(
+        model, prompt_set, negative, latent, SEED, steps, cfg, "euler", "normal", 1.0,
+        budget, value, 64, "shared", "mean",
+    )  # fmt: skip
+
+
+def stock_sample(comfy, model, positive, negative, latent, *, cfg, steps=STEPS) -> torch.Tensor:
+    out = comfy.stock.common_ksampler(model, SEED, steps, cfg, "euler", "normal", positive, negative, latent)
+    return out[0]["samples"]
+
+
+def recording(model):
+    """A clone of ``model`` whose apply function records each call's rows, chunk kinds and inputs."""
+    calls = []
+
+    def wrapper(apply_model, args):
+        calls.append({"rows": args["input"].shape[0], "chunks": list(args["cond_or_uncond"]), "c": args["c"]})
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(wrapper)
+    return patched, calls
+
+
+def positive_rows(call: dict, key: str) -> torch.Tensor:
+    """The rows of model input ``key`` that belong to the call's conditional chunk."""
+    size = call["rows"] // len(call["chunks"])
+    start = call["chunks"].index(COND) * size
+    return call["c"][key][start : start + size]
+
+
+def assert_tau_zero_equals_stock(comfy, family: str, *, cfg: float, **extras) -> None:
+    model = comfy.tiny.build_model(family)
+    per_prompt = [comfy.tiny.conditioning(family, seed, **extras) for seed in range(N_PROMPTS)]
+    negative = comfy.tiny.conditioning(family, 100, **extras)
+    latent = comfy.tiny.empty_latent(family)
+    prompt_set = text_prompt_set(comfy, family, per_prompt, PROMPTS)
+    samples = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=cfg).args[0]["samples"]
+    assert samples.shape == (N_PROMPTS, *latent["samples"].shape[1:])
+    for i, positive in enumerate(per_prompt):
+        reference = stock_sample(comfy, model, positive, negative, latent, cfg=cfg)
+        assert_close(samples[i : i + 1], reference, f"{family}, prompt {i}")
+
+
+# --- SDXL: pooled output and size extras -> adm y ------------------------------------------------
+
+
+def test_sdxl_tau_zero_equals_stock_sampling_per_prompt(comfy):
+    assert_tau_zero_equals_stock(comfy, "sdxl", cfg=5.0)
+
+
+def test_sdxl_groups_evaluate_the_adm_of_their_mean_pooled_output(comfy):
+    family = "sdxl"
+    per_prompt = [comfy.tiny.conditioning(family, seed) for seed in range(len(SET_WITH_SPLITS))]
+    prompt_set = text_prompt_set(comfy, family, per_prompt, SET_WITH_SPLITS)
+    model, calls = recording(comfy.tiny.build_model(family))
+    steps = 6
+    out = hier_ksampler(
+        comfy,
+        model,
+        prompt_set,
+        comfy.tiny.conditioning(family, 100),
+        comfy.tiny.empty_latent(family),
+        cfg=5.0,
+        budget="target_saving",
+        value=0.5,
+        steps=steps,
+    )
+    from hierdiff_core.schedule import BranchSchedule
+
+    schedule = BranchSchedule.from_json(out.args[1])
+    assert schedule.evaluations_per_step[0] < len(SET_WITH_SPLITS), "the first step should share"
+    assert len(calls) == steps  # euler: one model call per step, every group in one batch
+    assert sum(call["rows"] for call in calls) == 2 * schedule.model_evaluations
+    pooled = prompt_set.conditioning[0][1]["pooled_output"]
+    size_extras = comfy.tiny.FAMILIES[family].extras
+    for step, call in enumerate(calls):
+        members = [schedule.tree.members(node) for node in schedule.active_groups(step)]
+        expected = model.model.encode_adm(pooled_output=group_mean(pooled, members), **size_extras)
+        assert call["rows"] == 2 * len(members)
+        torch.testing.assert_close(positive_rows(call, "y"), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- Stable unCLIP (SD2.1) through the prior path ---------------------------------------------------
+
+UNCLIP_STRENGTH = 0.8
+UNCLIP_NOISE_AUGMENTATION = 0.1
+
+
+@pytest.fixture(scope="module")
+def unclip(comfy, tmp_path_factory):
+    """The tiny unCLIP model, a base conditioning, and HierPriorEmbed's PROMPT_TREE over SET_WITH_SPLITS
+    from a tiny Kandinsky prior whose image embeddings are as wide as the model's unCLIP input."""
+    from hierdiff_core.prior import load_prior
+    from hierdiff_core.tiny_kandinsky import build_tiny_prior  # imports diffusers: only when needed
+
+    folder = build_tiny_prior(
+        tmp_path_factory.mktemp("prior") / "tiny-prior", seed=0, embedding_dim=comfy.tiny.UNCLIP_EMBEDDING_DIM
+    )
+    base = comfy.tiny.conditioning("sd21_unclip", 0)
+    embed = comfy.node_classes["HierPriorEmbed"]
+    prompt_set = embed.execute(
+        [load_prior(folder)], [base], ["\n".join(SET_WITH_SPLITS)], [3], [4.0], [3],
+        [UNCLIP_STRENGTH], [UNCLIP_NOISE_AUGMENTATION], ["ward"],
+    ).args[0]  # fmt: skip
+    return comfy.tiny.build_model("sd21_unclip"), base, prompt_set
+
+
+def vision_output(image_embeds: torch.Tensor):
+    """A CLIP_VISION_OUTPUT (ComfyUI's own class) carrying ``image_embeds`` (1, D)."""
+    import comfy.clip_vision
+
+    output = comfy.clip_vision.Output()
+    output["image_embeds"] = image_embeds
+    return output
+
+
+def test_unclip_prior_tree_at_tau_zero_equals_stock_unclip_conditioning_per_prompt(comfy, unclip):
+    model, base, prompt_set = unclip
+    assert prompt_set.embedding_space == "prior_image"
+    negative = comfy.tiny.conditioning("sd21_unclip", 100)
+    latent = comfy.tiny.empty_latent("sd21_unclip")
+    samples = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=5.0).args[0]["samples"]
+    image_embeds = prompt_set.conditioning[0][1]["hier_prior_image_embeds"]
+    assert image_embeds.shape == (len(SET_WITH_SPLITS), comfy.tiny.UNCLIP_EMBEDDING_DIM)
+    for i in range(len(SET_WITH_SPLITS)):
+        positive = comfy.stock.unCLIPConditioning().apply_adm(
+            base, vision_output(image_embeds[i : i + 1]), UNCLIP_STRENGTH, UNCLIP_NOISE_AUGMENTATION
+        )[0]
+        reference = stock_sample(comfy, model, positive, negative, latent, cfg=5.0)
+        assert_close(samples[i : i + 1], reference, f"unCLIP, prompt {i}")
+
+
+def test_unclip_groups_evaluate_the_adm_of_their_mean_image_embedding(comfy, unclip):
+    from comfy.model_base import unclip_adm
+
+    model, _, prompt_set = unclip
+    model, calls = recording(model)
+    steps = 6
+    out = hier_ksampler(
+        comfy,
+        model,
+        prompt_set,
+        comfy.tiny.conditioning("sd21_unclip", 100),
+        comfy.tiny.empty_latent("sd21_unclip"),
+        cfg=5.0,
+        budget="target_saving",
+        value=0.5,
+        steps=steps,
+    )
+    from hierdiff_core.schedule import BranchSchedule
+
+    schedule = BranchSchedule.from_json(out.args[1])
+    assert schedule.evaluations_per_step[0] < len(SET_WITH_SPLITS), "the first step should share"
+    assert sum(call["rows"] for call in calls) == 2 * schedule.model_evaluations
+    image_embeds = prompt_set.conditioning[0][1]["hier_prior_image_embeds"]
+    augmentor = model.model.noise_augmentor
+    for step, call in enumerate(calls):
+        members = [schedule.tree.members(node) for node in schedule.active_groups(step)]
+        # ComfyUI's unCLIP adm of each group's mean image embedding, as unCLIPConditioning would give
+        # it (the augmentation noise comes from the seed, the same for every row, so y is affine in it).
+        expected = torch.cat(
+            [
+                unclip_adm(
+                    [
+                        {
+                            "clip_vision_output": vision_output(mean[None]),
+                            "strength": UNCLIP_STRENGTH,
+                            "noise_augmentation": UNCLIP_NOISE_AUGMENTATION,
+                        }
+                    ],
+                    "cpu",
+                    augmentor,
+                    seed=SEED - 10,
+                )
+                for mean in group_mean(image_embeds, members)
+            ]
+        )
+        torch.testing.assert_close(positive_rows(call, "y"), expected, rtol=1e-5, atol=1e-5)
+
+
+# --- SD3 and Flux ------------------------------------------------------------------------------------
+
+
+def test_sd3_tau_zero_equals_stock_sampling_per_prompt(comfy):
+    assert_tau_zero_equals_stock(comfy, "sd3", cfg=4.0)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_flux_tau_zero_equals_stock_sampling_per_prompt(comfy, cfg):
+    assert_tau_zero_equals_stock(comfy, "flux", cfg=cfg, guidance=2.0)
+
+
+def test_flux_guidance_in_the_conditioning_reaches_the_model(comfy):
+    family = "flux"
+    per_prompt = [comfy.tiny.conditioning(family, seed, guidance=2.0) for seed in range(N_PROMPTS)]
+    prompt_set = text_prompt_set(comfy, family, per_prompt, PROMPTS)
+    assert prompt_set.conditioning[0][1]["guidance"] == 2.0
+    model, calls = recording(comfy.tiny.build_model(family))
+    latent = comfy.tiny.empty_latent(family)
+    hier_ksampler(comfy, model, prompt_set, per_prompt[0], latent, cfg=1.0, budget="tau", value=5.0)
+    assert calls and all(torch.equal(c["c"]["guidance"], torch.full((c["rows"],), 2.0)) for c in calls)
+    assert calls[0]["rows"] == 1, "a large tau shares the first step"
+    mixed = [comfy.tiny.conditioning(family, i, guidance=g) for i, g in enumerate((2.0, 3.0))]
+    with pytest.raises(ValueError, match="conditioning extra 'guidance' differs between prompts"):
+        comfy.conditioning.stack_conditionings(mixed)
