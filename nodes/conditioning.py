@@ -16,9 +16,13 @@ from dataclasses import dataclass
 import comfy.conds
 import numpy as np
 import torch
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from hierdiff_core.engine import GroupConditioner
 from hierdiff_core.tree import PromptTree
+
+TOKEN_LENGTHS_KEY = "hier_token_lengths"
+"""Conditioning extra set by :func:`stack_conditionings`: each prompt's token count before padding."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,24 @@ def stack_conditionings(per_prompt: list[list]) -> list:
             extras[key] = first
         else:
             raise ValueError(f"conditioning extra {key!r} differs between prompts and cannot be batched")
+    extras[TOKEN_LENGTHS_KEY] = tuple(int(t.shape[1]) for t in tensors)
     return [[stacked, extras]]
+
+
+def check_token_lengths(prompt_set: PromptTreeSet, model) -> None:
+    """Refuse prompts padded to a common token length on a MODEL for which padding is not neutral.
+
+    Repeating a token sequence leaves a UNet's cross-attention unchanged, but transformers that attend
+    jointly over text and image tokens (SD3's MMDiT, Flux, ...) weigh repeated text tokens more, so a
+    padded prompt would no longer give what it gives alone. Raises ValueError naming the model type.
+    """
+    lengths = prompt_set.conditioning[0][1].get(TOKEN_LENGTHS_KEY, ())
+    if len(set(lengths)) > 1 and not isinstance(model.model.diffusion_model, UNetModel):
+        raise ValueError(
+            f"prompt_tree input: its prompts encode to different token counts ({min(lengths)} to "
+            f"{max(lengths)}), and {type(model.model).__name__} models cannot pad them to one length without "
+            "changing the images: shorten the long prompts so that all encode to the same length"
+        )
 
 
 def _same(a: object, b: object) -> bool:

@@ -20,7 +20,7 @@ from hierdiff_core.engine import CONDITIONING_MIXES
 from hierdiff_core.schedule import BranchSchedule, plan
 
 from .cluster import PromptTree
-from .conditioning import PromptTreeSet
+from .conditioning import PromptTreeSet, check_token_lengths
 from .guider import NOISE_MODES, HierarchicalGuider, measured_line
 from .prior import check_tree_matches_model
 from .report import PLAN_KEY, plan_ui
@@ -115,6 +115,7 @@ def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
     if prompt_set is None or prompt_set.tree.n_prompts < 1:
         raise ValueError("prompt_tree input is empty")
     check_tree_matches_model(prompt_set, model)
+    check_token_lengths(prompt_set, model)
     expected = model.model.model_config.unet_config.get("context_dim")
     if expected is not None and prompt_set.context_dim != expected:
         raise ValueError(
