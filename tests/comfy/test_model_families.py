@@ -102,9 +102,14 @@ def positive_rows(call: dict, key: str) -> torch.Tensor:
     return call["c"][key][start : start + size]
 
 
-def assert_tau_zero_equals_stock(comfy, family: str, *, cfg: float, **extras) -> None:
+def assert_tau_zero_equals_stock(
+    comfy, family: str, *, cfg: float, token_counts: tuple[int | None, ...] = (None,) * N_PROMPTS, **extras
+) -> None:
     model = comfy.tiny.build_model(family)
-    per_prompt = [comfy.tiny.conditioning(family, seed, **extras) for seed in range(N_PROMPTS)]
+    per_prompt = [
+        comfy.tiny.conditioning(family, seed, token_count=count, **extras)
+        for seed, count in enumerate(token_counts)
+    ]
     negative = comfy.tiny.conditioning(family, 100, **extras)
     latent = comfy.tiny.empty_latent(family)
     prompt_set = text_prompt_set(comfy, family, per_prompt, PROMPTS)
@@ -152,6 +157,12 @@ def test_sdxl_groups_evaluate_the_adm_of_their_mean_pooled_output(comfy):
         expected = model.model.encode_adm(pooled_output=group_mean(pooled, members), **size_extras)
         assert call["rows"] == 2 * len(members)
         torch.testing.assert_close(positive_rows(call, "y"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sdxl_prompts_of_different_token_lengths_stay_exact(comfy):
+    # A prompt over 77 tokens encodes to 154; the others are padded by repetition, which a UNet's
+    # cross-attention does not notice.
+    assert_tau_zero_equals_stock(comfy, "sdxl", cfg=5.0, token_counts=(77, 154, 77))
 
 
 # --- Stable unCLIP (SD2.1) through the prior path ---------------------------------------------------
@@ -277,3 +288,24 @@ def test_flux_guidance_in_the_conditioning_reaches_the_model(comfy):
     mixed = [comfy.tiny.conditioning(family, i, guidance=g) for i, g in enumerate((2.0, 3.0))]
     with pytest.raises(ValueError, match="conditioning extra 'guidance' differs between prompts"):
         comfy.conditioning.stack_conditionings(mixed)
+
+
+@pytest.mark.parametrize(
+    ("family", "model_type", "token_counts"), [("sd3", "SD3", (154, 231)), ("flux", "Flux", (256, 512))]
+)
+def test_joint_attention_models_refuse_prompts_of_different_token_lengths_by_name(
+    comfy, family, model_type, token_counts
+):
+    # Repeating text tokens changes joint attention (text and image tokens in one softmax), so a padded
+    # prompt would not give what it gives alone: the sampler refuses before sampling.
+    per_prompt = [comfy.tiny.conditioning(family, i, token_count=t) for i, t in enumerate(token_counts)]
+    prompt_set = text_prompt_set(comfy, family, per_prompt, PROMPTS[: len(token_counts)])
+    assert prompt_set.conditioning[0][1]["hier_token_lengths"] == token_counts
+    model, calls = recording(comfy.tiny.build_model(family))
+    message = (
+        rf"prompt_tree input: its prompts encode to different token counts \({min(token_counts)} to "
+        rf"{max(token_counts)}\), and {model_type} models cannot pad them"
+    )
+    with pytest.raises(ValueError, match=message):
+        hier_ksampler(comfy, model, prompt_set, per_prompt[0], comfy.tiny.empty_latent(family), cfg=1.0)
+    assert calls == []
