@@ -116,12 +116,18 @@ def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
         raise ValueError("prompt_tree input is empty")
     check_tree_matches_model(prompt_set, model)
     check_token_lengths(prompt_set, model)
-    expected = model.model.model_config.unet_config.get("context_dim")
+    expected = _context_dim(model.model.model_config.unet_config)
     if expected is not None and prompt_set.context_dim != expected:
         raise ValueError(
             f"prompt_tree conditioning has context dimension {prompt_set.context_dim} but the MODEL expects "
             f"{expected}: build the tree with this checkpoint's CLIP"
         )
+
+
+def _context_dim(unet_config: dict) -> int | None:
+    """Token width a model takes: a UNet's context_dim, Flux's context_in_dim, SD3's embedder input."""
+    embedder = (unet_config.get("context_embedder_config") or {}).get("params", {})
+    return unet_config.get("context_dim") or unet_config.get("context_in_dim") or embedder.get("in_features")
 
 
 def check_inputs(model, prompt_set: PromptTreeSet, latent: dict) -> torch.Tensor:
