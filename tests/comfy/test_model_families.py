@@ -309,3 +309,13 @@ def test_joint_attention_models_refuse_prompts_of_different_token_lengths_by_nam
     with pytest.raises(ValueError, match=message):
         hier_ksampler(comfy, model, prompt_set, per_prompt[0], comfy.tiny.empty_latent(family), cfg=1.0)
     assert calls == []
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_a_tree_from_another_text_encoder_is_refused_by_context_dimension(comfy, family):
+    narrow = [[[c[0][0][..., :48], c[0][1]]] for c in (comfy.tiny.conditioning(family, i) for i in range(2))]
+    prompt_set = text_prompt_set(comfy, family, narrow, PROMPTS[:2])
+    model, latent = comfy.tiny.build_model(family), comfy.tiny.empty_latent(family)
+    expected = comfy.tiny.CONTEXT_DIM
+    with pytest.raises(ValueError, match=f"context dimension 48 but the MODEL expects {expected}"):
+        hier_ksampler(comfy, model, prompt_set, narrow[0], latent, cfg=1.0)
