@@ -86,6 +86,10 @@ PRESETS: dict[str, TrainConfig] = {
         ema_decay=0.9995,
         log_every=1000,
     ),
+    # Continuing a checkpoint on the CPU (``--init``): fewer images to encode, more UNet steps.
+    "cpu-continue": TrainConfig(
+        samples=8000, vae_steps=0, unet_steps=3000, unet_batch=128, unet_lr=2e-4, log_every=100
+    ),
     "smoke": TrainConfig(samples=256, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=8, log_every=2),
 }
 

@@ -1,0 +1,129 @@
+"""Generate pictures of a prompt set through a running ComfyUI host, independently or hierarchically.
+
+Needs ComfyUI imported and set up by the caller (the test host ``tests/comfy/host.py`` does it, for
+pytest and for ``tools/bench_fidelity.py``); hierarchical sampling needs hierdiff's nodes loaded (their
+classes come from ComfyUI's ``NODE_CLASS_MAPPINGS``). Models are the testkit loader's outputs, so the
+trained shapes model (``hierdiff_lab/weights/shapes-t2i.safetensors``) and the random tiny model both fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+
+from .train import DEFAULT_OUTPUT as TRAINED_CHECKPOINT
+
+__all__ = [
+    "TRAINED_CHECKPOINT",
+    "Generation",
+    "SamplingSettings",
+    "decode",
+    "hierarchical",
+    "independent_batch",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """What every run of a comparison shares. Latents are 8x8 (64x64 pixels)."""
+
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 4.0
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+    width: int = 64
+    height: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One run over a prompt set: latents (N, 4, h, w), pictures (N, H, W, 3) uint8, and the model
+    evaluations it cost (per conditional row, not doubled for guidance)."""
+
+    latents: torch.Tensor
+    images: np.ndarray
+    model_evaluations: int
+    plan: dict | None = None
+
+
+def _empty_latent(settings: SamplingSettings, batch: int) -> dict:
+    return {"samples": torch.zeros(batch, 4, settings.height // 8, settings.width // 8)}
+
+
+def _encode(clip, text: str) -> list:
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def decode(vae, latents: torch.Tensor) -> np.ndarray:
+    """(N, 4, h, w) latents -> (N, H, W, 3) uint8 pictures, through ComfyUI's VAE."""
+    pixels = vae.decode(latents)
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def independent_batch(model, clip, vae, prompts: list[str], settings: SamplingSettings) -> Generation:
+    """Stock ComfyUI sampling (``common_ksampler``, as KSampler) of all prompts as one batch: per-row
+    conditioning of shape (N, 77, C), the batch noise KSampler draws for the seed."""
+    import nodes as comfy_nodes  # ComfyUI's top-level module (not hierdiff's `nodes` package)
+
+    conditionings = [_encode(clip, text)[0] for text in prompts]
+    positive = [[torch.cat([c[0] for c in conditionings]), {**conditionings[0][1]}]]
+    positive[0][1].pop("pooled_output", None)  # SD1.5 has no pooled conditioning input
+    negative = _encode(clip, "")
+    (latent,) = comfy_nodes.common_ksampler(
+        model,
+        settings.seed,
+        settings.steps,
+        settings.cfg,
+        settings.sampler_name,
+        settings.scheduler,
+        positive,
+        negative,
+        _empty_latent(settings, len(prompts)),
+    )
+    samples = latent["samples"]
+    return Generation(samples, decode(vae, samples), settings.steps * len(prompts))
+
+
+def hierarchical(
+    node_classes: dict[str, type],
+    model,
+    clip,
+    vae,
+    prompts: list[str],
+    settings: SamplingSettings,
+    budget: str,
+    budget_value: float,
+) -> Generation:
+    """hierdiff's Prompt Set Cluster then Hierarchical KSampler (every prompt starts from the noise
+    stock KSampler draws for the seed and a batch of one). ``budget``: "target_saving", "tau" (0 is
+    ordinary sampling, equal to stock KSampler per prompt) or "evaluations_per_image"."""
+    cluster, sampler = node_classes["HierPromptSetCluster"], node_classes["HierKSampler"]
+    prompt_tree = cluster.execute(
+        clip=[clip], prompts=["\n".join(prompts)], linkage=["ward"], embedding=["clip_pooled"]
+    ).result[0]
+    output = sampler.execute(
+        model=model,
+        prompt_tree=prompt_tree,
+        negative=_encode(clip, ""),
+        latent_image=_empty_latent(settings, 1),
+        seed=settings.seed,
+        steps=settings.steps,
+        cfg=settings.cfg,
+        sampler_name=settings.sampler_name,
+        scheduler=settings.scheduler,
+        denoise=1.0,
+        budget=budget,
+        budget_value=budget_value,
+        max_batch=64,
+        noise_mode="shared",
+        conditioning_mix="mean",
+    )
+    latent, plan_json = output.result
+    plan = json.loads(plan_json)
+    samples = latent["samples"]
+    return Generation(samples, decode(vae, samples), int(plan["model_evaluations"]), plan)
