@@ -8,7 +8,10 @@ row per active group whose pooled/adm input ``y`` is the group's mix:
 - Stable unCLIP (SD2.1) through the prior path: HierPriorEmbed -> PROMPT_TREE (prior space) ->
   HierKSampler equals stock sampling conditioned through ComfyUI's unCLIPConditioning node; a group's
   ``y`` is unCLIP's adm of its members' mean image embedding;
-- SD3 (MMDiT, pooled ``y`` + joint attention) and Flux (``guidance`` in the conditioning).
+- SD3 (MMDiT, pooled ``y`` + joint attention) and Flux (``guidance`` in the conditioning), for prompts
+  of one token length; prompts of different lengths are refused by model type (padding by repetition
+  is neutral for UNet cross-attention only, and SDXL stays exact with it);
+- a tree whose token width does not fit the model is refused on every family.
 """
 
 from __future__ import annotations
