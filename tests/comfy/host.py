@@ -52,21 +52,22 @@ __all__ = [
 ]
 
 
-def prepare_comfy_imports(base_dir: Path) -> None:
-    """Make ComfyUI importable in this process, on the CPU, with its folders under ``base_dir``.
+def prepare_comfy_imports(base_dir: Path, cpu: bool = True) -> None:
+    """Make ComfyUI importable in this process, on the CPU (or its GPU when ``cpu`` is False), with its
+    folders under ``base_dir``.
 
     Must run before anything imports ``comfy.model_management`` or ``folder_paths``: both read these
-    arguments at import time. Calling it again with the same ``base_dir`` does nothing.
+    arguments at import time. Calling it again with the same arguments does nothing.
     """
     if str(COMFY_ROOT) not in sys.path:
         sys.path.insert(0, str(COMFY_ROOT))
     from comfy.cli_args import args
 
-    if args.base_directory == str(base_dir) and args.cpu:
+    if args.base_directory == str(base_dir) and args.cpu == cpu:
         return
     if "comfy.model_management" in sys.modules or "folder_paths" in sys.modules:
         raise ComfyHostError("ComfyUI was imported before prepare_comfy_imports set its arguments")
-    args.cpu = True
+    args.cpu = cpu
     args.base_directory = str(base_dir)
 
 
@@ -142,16 +143,16 @@ class InProcessHost:
         self.loaded_modules: dict[str, str] = {}  # link name -> module name in sys.modules
 
     @classmethod
-    def start(cls, base_dir: Path) -> InProcessHost:
-        """Import ComfyUI (after :func:`prepare_comfy_imports` with the same ``base_dir``), initialise
+    def start(cls, base_dir: Path, cpu: bool = True) -> InProcessHost:
+        """Import ComfyUI (after :func:`prepare_comfy_imports` with the same arguments), initialise
         its built-in nodes, and load the pack and the testkit through ``nodes.load_custom_node``."""
         host = cls(base_dir)
-        host._import_comfy()
+        host._import_comfy(cpu)
         host._load_packs()
         return host
 
-    def _import_comfy(self) -> None:
-        prepare_comfy_imports(self.base_dir)
+    def _import_comfy(self, cpu: bool) -> None:
+        prepare_comfy_imports(self.base_dir, cpu)
         import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
 
         import nodes
