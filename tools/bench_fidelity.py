@@ -116,12 +116,15 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -
     draw.text((width // 2 - 110, height - 25), "model evaluations per image", fill="black")
     draw.text((margin, 15), title + "  (y: attribute accuracy)", fill="black")
     colours = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
-    for (name, points), colour in zip(curves.items(), colours, strict=False):
+    for index, ((name, points), colour) in enumerate(zip(curves.items(), colours, strict=False)):
         xy = [at(x, y) for x, y in sorted(points)]
         draw.line(xy, fill=colour, width=2)
         for x, y in xy:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.text((xy[-1][0] - 150, xy[-1][1] - 18), name, fill=colour)
+        legend_y = height - margin - 20 - 16 * index  # legend in the lower right, one line per curve
+        legend_x = width - margin - 190
+        draw.line([(legend_x, legend_y + 6), (legend_x + 20, legend_y + 6)], fill=colour, width=2)
+        draw.text((legend_x + 25, legend_y), name, fill=colour)
     image.save(path)
 
 
