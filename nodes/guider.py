@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import comfy.conds
 import comfy.k_diffusion.sampling as k_sampling
 import comfy.model_management
+import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.samplers
 import numpy as np
@@ -134,7 +135,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         seed = 0 if seed is None else int(seed)
         n = self.n_prompts
         latent_image = _rows(latent_image, n, "latent")
-        if self.noise_mode == "per_root":
+        # Disabled noise (all zeros: DisableNoise, a branch continuing a trunk) stays disabled.
+        if self.noise_mode == "per_root" and torch.count_nonzero(noise) > 0:
             noise = root_noise(schedule, seed, noise[:1])
         noise = _rows(noise, n, "noise")
         if denoise_mask is not None:

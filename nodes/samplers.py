@@ -191,6 +191,67 @@ def _end_step(end_at_step: int, steps: int, start: int, name: str = "end_at_step
     return end
 
 
+def sample_trunk(
+    model,
+    prompt_tree: PromptTreeSet,
+    negative,
+    latent_image: dict,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    denoise: float,
+    budget: str,
+    budget_value: float,
+    end_at_step: int,
+    max_batch: int,
+    noise_mode: str,
+    conditioning_mix: str,
+) -> tuple[HierLatent, str, dict]:
+    """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default)."""
+    latent = check_inputs(model, prompt_tree, latent_image)
+    sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
+    schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value)
+    end = _end_step(end_at_step, schedule.steps, 0)
+    guider = HierarchicalGuider(
+        model,
+        prompt_tree,
+        negative,
+        cfg,
+        schedule=schedule,
+        sigmas=sigmas,
+        max_batch=max_batch,
+        noise_mode=noise_mode,
+        mix=conditioning_mix,
+    )
+    samples = run_steps(
+        model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
+    )
+    plan_json, ui = report(guider)
+    return (
+        HierLatent(samples, prompt_tree, schedule, sigmas, end, seed, max_batch, conditioning_mix),
+        plan_json,
+        ui,
+    )
+
+
+def trunk_inputs(*, end_at_step: bool) -> list:
+    """The inputs the all-in-one and the trunk sampler share (the trunk also stops at end_at_step)."""
+    stop = [io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP)] if end_at_step else []
+    return [
+        io.Model.Input("model"),
+        PromptTree.Input("prompt_tree"),
+        io.Conditioning.Input("negative"),
+        io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
+        *sampling_inputs(),
+        io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+        *budget_inputs(),
+        *stop,
+        *engine_inputs(),
+    ]
+
+
 class HierKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -199,66 +260,20 @@ class HierKSampler(io.ComfyNode):
             display_name="Hierarchical KSampler",
             category="sampling/hierarchical",
             description="Samples one image per prompt of a prompt tree, sharing early steps within clusters.",
-            inputs=[
-                io.Model.Input("model"),
-                PromptTree.Input("prompt_tree"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
-                *sampling_inputs(),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
-                *budget_inputs(),
-                *engine_inputs(),
-            ],
+            inputs=trunk_inputs(end_at_step=False),
             outputs=[io.Latent.Output(display_name="LATENT"), io.String.Output(display_name="plan")],
         )
 
     @classmethod
     def execute(
-        cls,
-        model,
-        prompt_tree,
-        negative,
-        latent_image,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        denoise,
-        budget,
-        budget_value,
-        max_batch,
-        noise_mode,
-        conditioning_mix,
+        cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+        budget, budget_value, max_batch, noise_mode, conditioning_mix,
     ) -> io.NodeOutput:
-        latent = check_inputs(model, prompt_tree, latent_image)
-        sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
-        schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value)
-        guider = HierarchicalGuider(
-            model,
-            prompt_tree,
-            negative,
-            cfg,
-            schedule=schedule,
-            sigmas=sigmas,
-            max_batch=max_batch,
-            noise_mode=noise_mode,
-            mix=conditioning_mix,
+        hier, plan_json, ui = sample_trunk(
+            model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+            budget, budget_value, MAX_STEP, max_batch, noise_mode, conditioning_mix,
         )
-        samples = run_steps(
-            model,
-            guider,
-            latent,
-            sigmas,
-            0,
-            schedule.steps,
-            sampler_name,
-            seed,
-            True,
-            latent_image.get("noise_mask"),
-        )
-        plan_json, ui = report(guider)
-        return io.NodeOutput({"samples": samples}, plan_json, ui=ui)
+        return io.NodeOutput({"samples": hier.samples}, plan_json, ui=ui)
 
 
 class HierSharedTrunkSampler(io.ComfyNode):
@@ -269,17 +284,7 @@ class HierSharedTrunkSampler(io.ComfyNode):
             display_name="Shared Trunk Sampler",
             category="sampling/hierarchical",
             description="Runs a prompt tree's shared early steps to end_at_step; Branch Sampler continues.",
-            inputs=[
-                io.Model.Input("model"),
-                PromptTree.Input("prompt_tree"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
-                *sampling_inputs(),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
-                *budget_inputs(),
-                io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP),
-                *engine_inputs(),
-            ],
+            inputs=trunk_inputs(end_at_step=True),
             outputs=[
                 HierLatentType.Output(display_name="hier_latent"),
                 io.String.Output(display_name="plan"),
@@ -288,44 +293,13 @@ class HierSharedTrunkSampler(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls,
-        model,
-        prompt_tree,
-        negative,
-        latent_image,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        denoise,
-        budget,
-        budget_value,
-        end_at_step,
-        max_batch,
-        noise_mode,
-        conditioning_mix,
+        cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+        budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix,
     ) -> io.NodeOutput:
-        latent = check_inputs(model, prompt_tree, latent_image)
-        sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
-        schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value)
-        end = _end_step(end_at_step, schedule.steps, 0)
-        guider = HierarchicalGuider(
-            model,
-            prompt_tree,
-            negative,
-            cfg,
-            schedule=schedule,
-            sigmas=sigmas,
-            max_batch=max_batch,
-            noise_mode=noise_mode,
-            mix=conditioning_mix,
+        hier, plan_json, ui = sample_trunk(
+            model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+            budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix,
         )
-        samples = run_steps(
-            model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
-        )
-        hier = HierLatent(samples, prompt_tree, schedule, sigmas, end, seed, max_batch, conditioning_mix)
-        plan_json, ui = report(guider)
         return io.NodeOutput(hier, plan_json, ui=ui)
 
 

@@ -1,15 +1,20 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Generate a set of images on a real headless ComfyUI server with the embedded tiny test model.
+"""Generate sets of images on a real headless ComfyUI server with the embedded model.
 
-    .venv/bin/python tools/demo.py [--prompts FILE | --prompt-set NAME] [--steps K] [--out DIR]
+    .venv/bin/python tools/demo.py [--model trained|random] [--prompt-set NAME ... | --prompts FILE]
 
 Starts ComfyUI (``.comfyui/main.py --cpu``) on a free 127.0.0.1 port with this pack and the testkit in
-its custom_nodes, queues the basic example workflow (example_workflows/hierdiff_basic.json: Prompt Set
-Cluster -> Hierarchical KSampler -> VAEDecode -> SaveImage, plus the Hierarchy Preview) on the tiny
-model with the prompt set, waits for it through /history, writes the plan (plan.json) and the table of
-model evaluations and savings (savings.txt) beside the images and the dendrogram picture, prints where
-they all are, and stops the server. The tiny model has random weights: its images are noise; the demo
-shows the machinery, and the compute it saves, end to end.
+its custom_nodes, then queues the basic example workflow (example_workflows/hierdiff_basic.json: Prompt
+Set Cluster -> Hierarchical KSampler -> VAEDecode -> SaveImage, plus the Hierarchy Preview) once per
+prompt set, waits for each through /history, writes the plan (plan.json) and the table of model
+evaluations and savings (savings.txt) beside the images and the dendrogram picture, prints where they
+all are, and stops the server.
+
+The embedded default model is the small text-to-image model this project trained on synthetic scenes
+of coloured shapes (hierdiff_lab/weights), loaded through the testkit's loader like any checkpoint of
+the tiny SD1.5-architecture family: its pictures of the `shapes_variations` set mean something. The
+paper's real `demo` set (big cats) is outside its vocabulary, so those pictures are blobs, but the plan
+and the savings are the real ones for that set. ``--model random`` uses the random-weight test model.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from comfy_server import REPO_ROOT, ComfyHostError, ComfyServer
 from hierdiff_core.report import savings_table
 from hierdiff_core.schedule import BranchSchedule
 
-EMBEDDED_PROMPT_SETS = ("demo", "style_variations")
+# name -> (package holding prompt_sets/, file stem)
+EMBEDDED_PROMPT_SETS = {
+    "shapes_variations": ("hierdiff_lab", "variations"),
+    "shapes_wording": ("hierdiff_lab", "wording"),
+    "demo": ("hierdiff_core", "demo"),
+    "style_variations": ("hierdiff_core", "style_variations"),
+}
+TRAINED_CHECKPOINT = REPO_ROOT / "hierdiff_lab" / "weights" / "shapes-t2i.safetensors"
+# What each model is made for: the trained one at its training size and a moderate guidance.
+MODEL_SETTINGS = {"trained": {"size": 64, "cfg": 4.0}, "random": {"size": 128, "cfg": 7.0}}
 
 
 def read_prompts(path: Path | None, prompt_set: str) -> list[str]:
@@ -35,28 +49,82 @@ def read_prompts(path: Path | None, prompt_set: str) -> list[str]:
     if path is not None:
         text = path.read_text(encoding="utf-8")
     else:
-        text = (resources.files("hierdiff_core") / "prompt_sets" / f"{prompt_set}.txt").read_text(
-            encoding="utf-8"
-        )
+        package, stem = EMBEDDED_PROMPT_SETS[prompt_set]
+        text = (resources.files(package) / "prompt_sets" / f"{stem}.txt").read_text(encoding="utf-8")
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise SystemExit(f"demo: no prompts in {path or prompt_set}")
     return prompts
 
 
+def run_set(server: ComfyServer, name: str, prompts: list[str], args: argparse.Namespace) -> None:
+    """Queue the basic example for one prompt set, write plan.json and savings.txt, print the paths."""
+    settings = MODEL_SETTINGS[args.model]
+    checkpoint = str(TRAINED_CHECKPOINT) if args.model == "trained" else ""
+    (basic,) = [w for w in examples.workflows() if w.name == "hierdiff_basic"]
+    tiny = examples.on_tiny_model(
+        basic,
+        steps=args.steps,
+        size=settings["size"],
+        prompts="\n".join(prompts),
+        checkpoint=checkpoint,
+        cfg=settings["cfg"],
+    )
+    overrides = {
+        "sampler": {"seed": args.seed, "budget_value": args.target_saving},
+        "save": {"filename_prefix": f"hierdiff/{name}/image"},
+        "preview": {"filename_prefix": f"hierdiff/{name}/plan"},
+    }
+    tiny.nodes = [
+        dataclasses.replace(n, widgets={**n.widgets, **overrides[n.key]}) if n.key in overrides else n
+        for n in tiny.nodes
+    ]
+    started = time.monotonic()
+    entry = server.run(examples.build_api(tiny, server.object_info()), timeout=600)
+    seconds = time.monotonic() - started
+
+    ids = {node.key: str(index + 1) for index, node in enumerate(tiny.nodes)}
+    preview = entry["outputs"][ids["preview"]]
+    schedule = BranchSchedule.from_json(preview["hierdiff_plan"][0])
+    results = server.base_dir / "output" / "hierdiff" / name
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "plan.json").write_text(schedule.to_json(indent=1) + "\n", encoding="utf-8")
+    table = savings_table(schedule)
+    (results / "savings.txt").write_text(table + "\n", encoding="utf-8")
+
+    images = [server.output_path(image) for image in entry["outputs"][ids["save"]]["images"]]
+    (picture,) = preview["images"]
+    print(f"\n== {name}: {len(prompts)} images, {args.steps} steps each, {args.model} model, {seconds:.1f} s")
+    print(f"demo: {preview['hierdiff_summary'][0]}")
+    print(table)
+    print(f"images:     {len(images)} PNGs in {images[0].parent}")
+    print(f"dendrogram: {server.output_path(picture)}")
+    print(f"plan:       {results / 'plan.json'}")
+    print(f"savings:    {results / 'savings.txt'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=Path, help="a text file, one prompt per line")
+    parser.add_argument("--model", choices=sorted(MODEL_SETTINGS), default="trained")
     parser.add_argument(
-        "--prompt-set", choices=EMBEDDED_PROMPT_SETS, default="demo", help="embedded prompt set"
+        "--prompt-set",
+        choices=list(EMBEDDED_PROMPT_SETS),
+        nargs="+",
+        default=["shapes_variations", "demo"],
+        help="embedded prompt sets, one workflow run each",
     )
+    parser.add_argument("--prompts", type=Path, help="a text file, one prompt per line (instead of the sets)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--size", type=int, default=128, help="image width and height in pixels")
+    parser.add_argument("--target-saving", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "demo", help="ComfyUI base directory")
     args = parser.parse_args(argv)
 
-    prompts = read_prompts(args.prompts, args.prompt_set)
+    sets = (
+        {args.prompts.stem: read_prompts(args.prompts, "")}
+        if args.prompts
+        else {name: read_prompts(None, name) for name in args.prompt_set}
+    )
     server = ComfyServer(args.out.resolve())
     print(f"demo: starting ComfyUI on {server.url} (base directory {server.base_dir})")
     try:
@@ -64,41 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         failures = server.import_failures()
         if failures:
             raise ComfyHostError("a custom node pack failed to import:\n" + "\n".join(failures))
-        started = time.monotonic()
-        (basic,) = [w for w in examples.workflows() if w.name == "hierdiff_basic"]
-        tiny = examples.on_tiny_model(basic, steps=args.steps, size=args.size, prompts="\n".join(prompts))
-        tiny.nodes = [
-            dataclasses.replace(n, widgets={**n.widgets, "seed": args.seed}) if n.key == "sampler" else n
-            for n in tiny.nodes
-        ]
-        prompt = examples.build_api(tiny, server.object_info())
-        entry = server.run(prompt, timeout=600)
-        seconds = time.monotonic() - started
+        for name, prompts in sets.items():
+            run_set(server, name, prompts, args)
     except ComfyHostError as error:
         print(f"demo: {error}\nserver log: {server.log_path}", file=sys.stderr)
         return 1
     finally:
         server.stop()
-
-    ids = {node.key: str(index + 1) for index, node in enumerate(tiny.nodes)}
-    preview = entry["outputs"][ids["preview"]]
-    schedule = BranchSchedule.from_json(preview["hierdiff_plan"][0])
-    results = server.base_dir / "output" / "hierdiff"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "plan.json").write_text(schedule.to_json(indent=1) + "\n", encoding="utf-8")
-    table = savings_table(schedule)
-    (results / "savings.txt").write_text(table + "\n", encoding="utf-8")
-
-    print(f"demo: {len(prompts)} images, {args.steps} steps each, in {seconds:.1f} s")
-    print(f"demo: {preview['hierdiff_summary'][0]}")
-    print(table)
-    print("images:")
-    for image in entry["outputs"][ids["save"]]["images"]:
-        print(f"  {server.output_path(image)}")
-    (picture,) = preview["images"]
-    print(f"dendrogram: {server.output_path(picture)}")
-    print(f"plan:       {results / 'plan.json'}")
-    print(f"savings:    {results / 'savings.txt'}")
     return 0
 
 

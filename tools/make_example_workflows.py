@@ -158,12 +158,21 @@ def workflows() -> list[Workflow]:
     return [basic, trunk_branch, custom]
 
 
-def on_tiny_model(workflow: Workflow, *, steps: int, size: int, prompts: str | None = None) -> Workflow:
+def on_tiny_model(
+    workflow: Workflow,
+    *,
+    steps: int,
+    size: int,
+    prompts: str | None = None,
+    checkpoint: str = "",
+    cfg: float | None = None,
+) -> Workflow:
     """The workflow on the testkit's tiny model (CPU seconds): a size x size image, `steps` steps (the
-    trunk sampler stops at half of them), and optionally other prompts for the cluster."""
+    trunk sampler stops at half of them), and optionally other prompts for the cluster, another
+    checkpoint of the tiny family (e.g. the trained shapes model) and another cfg for HierKSampler."""
     changes = {
         "EmptyLatentImage": {"width": size, "height": size},
-        "HierKSampler": {"steps": steps},
+        "HierKSampler": {"steps": steps} if cfg is None else {"steps": steps, "cfg": cfg},
         "HierSharedTrunkSampler": {"steps": steps, "end_at_step": max(1, steps // 2)},
         "BasicScheduler": {"steps": steps},
         "HierPromptSetCluster": {} if prompts is None else {"prompts": prompts},
@@ -171,7 +180,7 @@ def on_tiny_model(workflow: Workflow, *, steps: int, size: int, prompts: str | N
     nodes = []
     for node in workflow.nodes:
         if node.type == "CheckpointLoaderSimple":
-            node = Node(node.key, TINY_LOADER, node.pos)
+            node = Node(node.key, TINY_LOADER, node.pos, {"checkpoint": checkpoint} if checkpoint else {})
         else:
             node = dataclasses.replace(node, widgets={**node.widgets, **changes.get(node.type, {})})
         nodes.append(node)

@@ -104,6 +104,30 @@ def hier_ksampler(
     )
 
 
+def shared_trunk(comfy, tree, end_at_step: int, *, sampler="euler", steps=STEPS, budget="tau", value=0.0):
+    """The HIER_LATENT of a Shared Trunk Sampler run stopped at ``end_at_step``."""
+    node = comfy.classes["HierSharedTrunkSampler"]
+    out = node.execute(
+        comfy.model,
+        tree,
+        comfy.negative,
+        LATENT,
+        SEED,
+        steps,
+        7.0,
+        sampler,
+        "normal",
+        1.0,
+        budget,
+        value,
+        end_at_step,
+        64,
+        "shared",
+        "mean",
+    )
+    return out.args[0]
+
+
 def stock_ksampler(
     comfy, prompt: str, *, model=None, sampler="euler", scheduler="normal", cfg=7.0, steps=STEPS
 ):
@@ -199,28 +223,7 @@ def test_trunk_then_branch_equals_the_all_in_one_node(comfy, sampler):
     whole = hier_ksampler(comfy, tree, sampler=sampler, budget="target_saving", value=0.5, steps=steps).args[
         0
     ]
-    trunk = (
-        comfy.classes["HierSharedTrunkSampler"]
-        .execute(
-            comfy.model,
-            tree,
-            comfy.negative,
-            LATENT,
-            SEED,
-            steps,
-            7.0,
-            sampler,
-            "normal",
-            1.0,
-            "target_saving",
-            0.5,
-            3,
-            64,
-            "shared",
-            "mean",
-        )
-        .args[0]
-    )
+    trunk = shared_trunk(comfy, tree, 3, sampler=sampler, steps=steps, budget="target_saving", value=0.5)
     assert trunk.step == 3
     branch = comfy.classes["HierBranchSampler"]
     middle = branch.execute(comfy.model, trunk, comfy.negative, 7.0, sampler, 6).args[1]
@@ -392,28 +395,7 @@ def test_empty_prompt_list_is_rejected_naming_prompts(comfy):
 
 def test_branch_ending_before_the_trunk_is_rejected_naming_end_at_step(comfy):
     tree = prompt_tree(comfy, PROMPTS)
-    trunk = (
-        comfy.classes["HierSharedTrunkSampler"]
-        .execute(
-            comfy.model,
-            tree,
-            comfy.negative,
-            LATENT,
-            SEED,
-            STEPS,
-            7.0,
-            "euler",
-            "normal",
-            1.0,
-            "tau",
-            0.0,
-            3,
-            64,
-            "shared",
-            "mean",
-        )
-        .args[0]
-    )
+    trunk = shared_trunk(comfy, tree, 3)
     with pytest.raises(ValueError, match=r"end_at_step \(2\) must come after the starting step \(3\)"):
         comfy.classes["HierBranchSampler"].execute(comfy.model, trunk, comfy.negative, 7.0, "euler", 2)
 
@@ -428,28 +410,7 @@ def test_hier_latent_of_another_latent_size_is_rejected_naming_hier_latent(comfy
     import dataclasses
 
     tree = prompt_tree(comfy, PROMPTS)
-    trunk = (
-        comfy.classes["HierSharedTrunkSampler"]
-        .execute(
-            comfy.model,
-            tree,
-            comfy.negative,
-            LATENT,
-            SEED,
-            STEPS,
-            7.0,
-            "euler",
-            "normal",
-            1.0,
-            "tau",
-            0.0,
-            2,
-            64,
-            "shared",
-            "mean",
-        )
-        .args[0]
-    )
+    trunk = shared_trunk(comfy, tree, 2)
     other = dataclasses.replace(trunk, samples=torch.zeros(3, 16, 8, 8))
     with pytest.raises(ValueError, match=r"hier_latent has 16 latent channels but this MODEL uses 4"):
         comfy.classes["HierBranchSampler"].execute(comfy.model, other, comfy.negative, 7.0, "euler", 10000)
@@ -492,3 +453,16 @@ def test_sampler_signatures_the_guider_relies_on():
         function = getattr(k_sampling, f"sample_{name}", None)
         if function is not None and any(m in name for m in STOCHASTIC_MARKERS):
             assert "noise_sampler" in inspect.signature(function).parameters, name
+
+
+def test_prompts_from_a_list_of_strings_and_the_sentence_encoder(comfy):
+    node = comfy.classes["HierPromptSetCluster"]
+    texts_in = ["a red cat on a sofa", "a blue dog\na green tree"]
+    out = node.execute([comfy.clip], texts_in, ["average"], ["sentence"])
+    prompt_set, texts = out.args
+    assert texts == ["a red cat on a sofa", "a blue dog", "a green tree"]
+    assert prompt_set.embedding_space == "sentence" and prompt_set.tree.method == "average"
+    assert prompt_set.conditioning[0][0].shape[0] == 3
+    # the rows are each prompt's own CLIP encoding, exactly as CLIPTextEncode gives it alone
+    alone = comfy.stock.CLIPTextEncode().encode(comfy.clip, "a blue dog")[0][0][0]
+    assert torch.equal(prompt_set.conditioning[0][0][1:2], alone)
