@@ -43,6 +43,29 @@ def make_custom_nodes_folder(base_dir: Path) -> Path:
     return folder
 
 
+def prompt_tree_workflow(prompts: list[str], size: int = 64) -> dict[str, dict]:
+    """The common head of hierarchical API prompts: tiny model loader ("loader"), empty negative
+    ("negative"), Prompt Set Cluster over ``prompts`` ("cluster") and an empty latent of batch 1
+    ("latent"). Tests add their sampler nodes to it."""
+    return {
+        "loader": {"class_type": TINY_LOADER, "inputs": {}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ""}},
+        "cluster": {
+            "class_type": "HierPromptSetCluster",
+            "inputs": {
+                "clip": ["loader", 1],
+                "prompts": "\n".join(prompts),
+                "linkage": "ward",
+                "embedding": "clip_pooled",
+            },
+        },
+        "latent": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": size, "height": size, "batch_size": 1},
+        },
+    }
+
+
 def basic_workflow(
     prompts: list[str] | str,
     *,

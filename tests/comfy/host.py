@@ -33,6 +33,7 @@ from comfy_server import (  # noqa: E402  (re-exported for the tests)
     basic_workflow,
     describe_failure,
     make_custom_nodes_folder,
+    prompt_tree_workflow,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "RunResult",
     "basic_workflow",
     "prepare_comfy_imports",
+    "prompt_tree_workflow",
     "tiny_model_module",
 ]
 

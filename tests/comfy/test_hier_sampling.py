@@ -302,21 +302,10 @@ def test_medoid_mix_conditions_groups_on_a_member(comfy):
 
 
 def test_every_sampler_node_reports_the_plan_and_progress(comfy_host):
-    from host import TINY_LOADER
+    from host import prompt_tree_workflow
 
     prompt = {
-        "loader": {"class_type": TINY_LOADER, "inputs": {}},
-        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ""}},
-        "cluster": {
-            "class_type": "HierPromptSetCluster",
-            "inputs": {
-                "clip": ["loader", 1],
-                "prompts": "\n".join(SET_WITH_SPLITS),
-                "linkage": "ward",
-                "embedding": "clip_pooled",
-            },
-        },
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        **prompt_tree_workflow(SET_WITH_SPLITS),
         "sampler": {
             "class_type": "HierKSampler",
             "inputs": {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import requests
-from host import TINY_LOADER
+from host import prompt_tree_workflow
 
 PROMPTS = ["a red cat on a sofa", "a red cat on a chair", "a blue dog in the snow", "an old castle at night"]
 NODE_IDS = {
@@ -16,23 +16,6 @@ NODE_IDS = {
     "HierKSampler": "Hierarchical KSampler",
     "HierGuider": "Hierarchical Guider",
 }
-
-
-def base_graph(prompts: list[str]) -> dict[str, dict]:
-    return {
-        "loader": {"class_type": TINY_LOADER, "inputs": {}},
-        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ""}},
-        "cluster": {
-            "class_type": "HierPromptSetCluster",
-            "inputs": {
-                "clip": ["loader", 1],
-                "prompts": "\n".join(prompts),
-                "linkage": "ward",
-                "embedding": "clip_pooled",
-            },
-        },
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-    }
 
 
 def sampling_inputs(steps: int, max_batch: int = 64) -> dict:
@@ -68,7 +51,7 @@ def test_object_info_lists_every_hierarchical_node_in_its_category(comfy_server)
 
 
 def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
-    graph = base_graph(PROMPTS)
+    graph = prompt_tree_workflow(PROMPTS)
     graph["trunk"] = {
         "class_type": "HierSharedTrunkSampler",
         "inputs": {
@@ -99,7 +82,7 @@ def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
 
 
 def test_guider_workflow_with_sampler_custom_advanced(comfy_server):
-    graph = base_graph(PROMPTS)
+    graph = prompt_tree_workflow(PROMPTS)
     graph.update(
         {
             "guider": {
@@ -160,7 +143,7 @@ def _finished_events(server, prompt_id: str, timeout: float = 60.0) -> list[str]
 
 
 def test_cancel_stops_the_run_and_the_next_prompt_runs_normally(comfy_server):
-    graph = base_graph(PROMPTS)
+    graph = prompt_tree_workflow(PROMPTS)
     graph["sampler"] = {
         "class_type": "HierKSampler",
         "inputs": {
