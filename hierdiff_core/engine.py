@@ -46,7 +46,12 @@ def group_seed(seed: int, tree: PromptTree, node: int) -> int:
 
     A group's random numbers therefore never depend on batch chunking or on other groups.
     """
-    digest = hashlib.blake2b(f"{int(seed)}/{tree.path(node)}".encode(), digest_size=8).digest()
+    return _stable_seed(int(seed), tree.path(node))
+
+
+def _stable_seed(*parts: object) -> int:
+    """A 63-bit seed from its parts' text, the same on every machine and Python run."""
+    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -218,7 +223,7 @@ class GroupNoise:
         per_group = []
         if self.per_call:
             for node in nodes:
-                seed = _mix_seed(group_seed(self.seed, tree, int(node)), step, self._call_in_step)
+                seed = _stable_seed(group_seed(self.seed, tree, int(node)), step, self._call_in_step)
                 per_group.append(self.make_source(seed, self.like)(sigma, sigma_next))
         else:
             active = set(int(n) for n in nodes)
@@ -230,11 +235,6 @@ class GroupNoise:
                 per_group.append(self._sources[node](sigma, sigma_next))
         row_group = torch.as_tensor(np.asarray(self.schedule.group_index(step)), dtype=torch.long)
         return torch.cat(per_group).index_select(0, row_group.to(per_group[0].device))
-
-
-def _mix_seed(seed: int, *parts: int) -> int:
-    digest = hashlib.blake2b("/".join(str(int(p)) for p in (seed, *parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def root_noise(schedule: BranchSchedule, seed: int, like: torch.Tensor) -> torch.Tensor:
