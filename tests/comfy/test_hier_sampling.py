@@ -455,3 +455,23 @@ def test_prompts_from_a_list_of_strings_and_the_sentence_encoder(comfy):
     # the rows are each prompt's own CLIP encoding, exactly as CLIPTextEncode gives it alone
     alone = comfy.stock.CLIPTextEncode().encode(comfy.clip, "a blue dog")[0][0][0]
     assert torch.equal(prompt_set.conditioning[0][0][1:2], alone)
+
+
+def test_progress_carries_a_latent_preview_of_the_set(comfy, monkeypatch):
+    import latent_preview
+    from comfy import utils as comfy_utils
+    from comfy.cli_args import LatentPreviewMethod
+
+    monkeypatch.setattr(latent_preview.args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    monkeypatch.setattr(comfy_utils, "PROGRESS_BAR_ENABLED", True)
+    updates = []
+    monkeypatch.setattr(
+        comfy_utils,
+        "PROGRESS_BAR_HOOK",
+        lambda value, total, preview, **_: updates.append((value, total, preview)),
+    )
+    hier_ksampler(comfy, prompt_tree(comfy, PROMPTS), steps=STEPS)
+    assert [(value, total) for value, total, _ in updates] == [(i, STEPS) for i in range(1, STEPS + 1)]
+    for _, _, preview in updates:
+        image_format, image, _ = preview
+        assert image_format == "JPEG" and image.size == (8, 8)  # one latent pixel per preview pixel
