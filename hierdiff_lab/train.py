@@ -105,6 +105,10 @@ def use_comfy_host(cpu: bool) -> None:
     from comfy.cli_args import args
 
     args.cpu = cpu
+    # On the CPU ComfyUI picks its sub-quadratic attention, made for inference memory: chunked and
+    # checkpointed, its backward pass doubled the UNet's training step. PyTorch's fused attention
+    # computes the same function.
+    args.use_pytorch_cross_attention = True
 
 
 # ----------------------------------------------------------------------------------------------- prepare
@@ -326,7 +330,8 @@ def train_unet(
     """Joint UNet and text-encoder training (eps-prediction); returns (losses, ema_state)."""
     allow_text_backprop(text_model)
     parameters = list(unet.parameters()) + list(text_model.parameters())
-    optimiser = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.0)
+    # The fused AdamW (one kernel for all tensors; CPU too) instead of PyTorch's per-tensor loop on the CPU.
+    optimiser = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=0.0, fused=True)
     total = config.unet_steps
     warmup = max(1, total // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
