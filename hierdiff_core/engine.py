@@ -146,7 +146,6 @@ class GroupedEvaluator:
         self.max_batch = int(max_batch)
         self.before_batch = before_batch
         self.evaluations = 0
-        self.calls = 0
         self._step_cache: dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
 
     def _groups(self, step: int, device: torch.device) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -175,7 +174,6 @@ class GroupedEvaluator:
                 self.evaluate(x.index_select(0, rows), *args, nodes[start : start + self.max_batch])
             )
             self.evaluations += len(rows)
-        self.calls += 1
         if isinstance(chunks[0], torch.Tensor):
             return torch.cat(chunks).index_select(0, row_group)
         outputs = zip(*chunks, strict=True)

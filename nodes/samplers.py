@@ -184,10 +184,10 @@ def report(guider: HierarchicalGuider) -> tuple[str, dict]:
     return ui[PLAN_KEY][0], ui
 
 
-def _end_step(end_at_step: int, steps: int, start: int, name: str = "end_at_step") -> int:
+def _end_step(end_at_step: int, steps: int, start: int) -> int:
     end = min(int(end_at_step), steps)
     if end <= start:
-        raise ValueError(f"{name} ({end_at_step}) must come after the starting step ({start})")
+        raise ValueError(f"end_at_step ({end_at_step}) must come after the starting step ({start})")
     return end
 
 

@@ -105,32 +105,31 @@ def main() -> None:
         f"{'cpu saving':>11} {'stock out':>9} {'hier out':>9}"
     )
 
-    # Exactness on this device first: at tau = 0 each prompt must equal stock KSampler run alone.
-    check = all_prompts[:3]
-    check_tree = classes["HierPromptSetCluster"].execute(
-        [clip], ["\n".join(check)], ["ward"], ["clip_pooled"]
-    )
-    rows = (
-        classes["HierKSampler"]
-        .execute(
+    def hierarchical_run(prompt_set, seed: int, budget: str, value: float):
+        return classes["HierKSampler"].execute(
             model,
-            check_tree.args[0],
+            prompt_set,
             negative,
             latent,
-            5,
+            seed,
             options.steps,
             options.cfg,
             options.sampler,
             "normal",
             1.0,
-            "tau",
-            0.0,
+            budget,
+            value,
             options.batch,
             "shared",
             "mean",
         )
-        .args[0]["samples"]
+
+    # Exactness on this device first: at tau = 0 each prompt must equal stock KSampler run alone.
+    check = all_prompts[:3]
+    check_tree = classes["HierPromptSetCluster"].execute(
+        [clip], ["\n".join(check)], ["ward"], ["clip_pooled"]
     )
+    rows = hierarchical_run(check_tree.args[0], 5, "tau", 0.0).args[0]["samples"]
     worst = 0.0
     for i, text in enumerate(check):
         positive = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
@@ -170,23 +169,7 @@ def main() -> None:
                 )
 
         def hierarchical(prompt_set=prompt_set) -> None:
-            classes["HierKSampler"].execute(
-                model,
-                prompt_set,
-                negative,
-                latent,
-                0,
-                options.steps,
-                options.cfg,
-                options.sampler,
-                "normal",
-                1.0,
-                "target_saving",
-                options.target_saving,
-                options.batch,
-                "shared",
-                "mean",
-            )
+            hierarchical_run(prompt_set, 0, "target_saving", options.target_saving)
 
         def timed(run) -> tuple[float, float, int, float]:
             """(wall s, CPU s, model rows, wall s outside model calls) of a second run: the first pays

@@ -66,6 +66,34 @@ def prompt_tree_workflow(prompts: list[str], size: int = 64) -> dict[str, dict]:
     }
 
 
+def hier_sampling_inputs(steps: int, **overrides) -> dict:
+    """Widget values of a Hierarchical KSampler / Shared Trunk Sampler: euler, target saving 0.5."""
+    return {
+        "seed": 3,
+        "steps": steps,
+        "cfg": 6.0,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "denoise": 1.0,
+        "budget": "target_saving",
+        "budget_value": 0.5,
+        "max_batch": 64,
+        "noise_mode": "shared",
+        "conditioning_mix": "mean",
+        **overrides,
+    }
+
+
+def decoded_and_saved(graph: dict[str, dict], source: list, prefix: str = "hier") -> dict[str, dict]:
+    """``graph`` plus VAEDecode ("decode", the loader's VAE) of ``source`` and SaveImage ("save")."""
+    graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["loader", 2]}}
+    graph["save"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["decode", 0], "filename_prefix": prefix},
+    }
+    return graph
+
+
 def basic_workflow(
     prompts: list[str] | str,
     *,

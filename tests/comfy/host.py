@@ -31,7 +31,9 @@ from comfy_server import (  # noqa: E402  (re-exported for the tests)
     ComfyHostError,
     ComfyServer,
     basic_workflow,
+    decoded_and_saved,
     describe_failure,
+    hier_sampling_inputs,
     make_custom_nodes_folder,
     prompt_tree_workflow,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "RecordingServer",
     "RunResult",
     "basic_workflow",
+    "decoded_and_saved",
+    "hier_sampling_inputs",
     "prepare_comfy_imports",
     "prompt_tree_workflow",
     "tiny_model_module",

@@ -302,33 +302,19 @@ def test_medoid_mix_conditions_groups_on_a_member(comfy):
 
 
 def test_every_sampler_node_reports_the_plan_and_progress(comfy_host):
-    from host import prompt_tree_workflow
+    from host import decoded_and_saved, hier_sampling_inputs, prompt_tree_workflow
 
-    prompt = {
-        **prompt_tree_workflow(SET_WITH_SPLITS),
-        "sampler": {
-            "class_type": "HierKSampler",
-            "inputs": {
-                "model": ["loader", 0],
-                "prompt_tree": ["cluster", 0],
-                "negative": ["negative", 0],
-                "latent_image": ["latent", 0],
-                "seed": 1,
-                "steps": 6,
-                "cfg": 5.0,
-                "sampler_name": "euler",
-                "scheduler": "karras",
-                "denoise": 1.0,
-                "budget": "target_saving",
-                "budget_value": 0.5,
-                "max_batch": 4,
-                "noise_mode": "shared",
-                "conditioning_mix": "mean",
-            },
+    sampler = {
+        "class_type": "HierKSampler",
+        "inputs": {
+            "model": ["loader", 0],
+            "prompt_tree": ["cluster", 0],
+            "negative": ["negative", 0],
+            "latent_image": ["latent", 0],
+            **hier_sampling_inputs(6, seed=1, cfg=5.0, scheduler="karras", max_batch=4),
         },
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "hier"}},
     }
+    prompt = decoded_and_saved({**prompt_tree_workflow(SET_WITH_SPLITS), "sampler": sampler}, ["sampler", 0])
     result = comfy_host.run(prompt)
     assert len(result.image_paths("save")) == len(SET_WITH_SPLITS)
     summary = result.outputs["sampler"]["hierdiff_summary"][0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import requests
-from host import prompt_tree_workflow
+from host import decoded_and_saved, hier_sampling_inputs, prompt_tree_workflow
 
 PROMPTS = ["a red cat on a sofa", "a red cat on a chair", "a blue dog in the snow", "an old castle at night"]
 NODE_IDS = {
@@ -16,28 +16,6 @@ NODE_IDS = {
     "HierKSampler": "Hierarchical KSampler",
     "HierGuider": "Hierarchical Guider",
 }
-
-
-def sampling_inputs(steps: int, max_batch: int = 64) -> dict:
-    return {
-        "seed": 3,
-        "steps": steps,
-        "cfg": 6.0,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "denoise": 1.0,
-        "budget": "target_saving",
-        "budget_value": 0.5,
-        "max_batch": max_batch,
-        "noise_mode": "shared",
-        "conditioning_mix": "mean",
-    }
-
-
-def saved(graph: dict, source: list) -> dict:
-    graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["loader", 2]}}
-    graph["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "srv"}}
-    return graph
 
 
 def test_object_info_lists_every_hierarchical_node_in_its_category(comfy_server):
@@ -60,7 +38,7 @@ def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
             "negative": ["negative", 0],
             "latent_image": ["latent", 0],
             "end_at_step": 3,
-            **sampling_inputs(6),
+            **hier_sampling_inputs(6),
         },
     }
     graph["branch"] = {
@@ -74,7 +52,7 @@ def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
             "end_at_step": 10000,
         },
     }
-    entry = comfy_server.run(saved(graph, ["branch", 0]))
+    entry = comfy_server.run(decoded_and_saved(graph, ["branch", 0]))
     images = entry["outputs"]["save"]["images"]
     assert len(images) == len(PROMPTS)
     assert comfy_server.view(images[0]).startswith(b"\x89PNG")
@@ -117,7 +95,7 @@ def test_guider_workflow_with_sampler_custom_advanced(comfy_server):
             },
         }
     )
-    entry = comfy_server.run(saved(graph, ["custom", 0]))
+    entry = comfy_server.run(decoded_and_saved(graph, ["custom", 0]))
     assert len(entry["outputs"]["save"]["images"]) == len(PROMPTS)
 
 
@@ -151,10 +129,10 @@ def test_cancel_stops_the_run_and_the_next_prompt_runs_normally(comfy_server):
             "prompt_tree": ["cluster", 0],
             "negative": ["negative", 0],
             "latent_image": ["latent", 0],
-            **sampling_inputs(10000, max_batch=1),
+            **hier_sampling_inputs(10000, max_batch=1),
         },
     }
-    long_id = comfy_server.queue(saved(graph, ["sampler", 0]))
+    long_id = comfy_server.queue(decoded_and_saved(graph, ["sampler", 0]))
     _wait_until_running(comfy_server, long_id)
     time.sleep(1.0)  # inside the sampler: the loader and the encoders take well under a second here
     started = time.monotonic()
@@ -163,6 +141,6 @@ def test_cancel_stops_the_run_and_the_next_prompt_runs_normally(comfy_server):
     assert time.monotonic() - started < 10, "Cancel took effect only after many model calls"
     assert "execution_interrupted" in events and "execution_success" not in events
 
-    graph["sampler"]["inputs"].update(sampling_inputs(4))
-    entry = comfy_server.run(saved(graph, ["sampler", 0]))
+    graph["sampler"]["inputs"].update(hier_sampling_inputs(4))
+    entry = comfy_server.run(decoded_and_saved(graph, ["sampler", 0]))
     assert len(entry["outputs"]["save"]["images"]) == len(PROMPTS)
