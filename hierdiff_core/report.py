@@ -163,8 +163,10 @@ def savings_table(schedule: BranchSchedule) -> str:
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     cfg = schedule.accounting(guidance=True)
+    probe = schedule.probe_evaluations
     lines += [
         "",
+        *([f"choosing the tree (first-step predictions): {probe:,} evaluations"] if probe else []),
         f"model evaluations: {schedule.model_evaluations:,} instead of {k} x {n:,} = "
         f"{schedule.independent_evaluations:,} ({100.0 * schedule.saving:.1f} % saved, "
         f"{schedule.evaluations_per_image:.2f} per image)",

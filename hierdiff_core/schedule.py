@@ -69,12 +69,16 @@ class BranchSchedule:
     budget : tuple (mode, value) or None
         What the user asked for, when tau was searched: ("target_saving", 0.5),
         ("evaluations_per_image", 12.0), or ("tau", tau).
+    probe_evaluations : int
+        Model evaluations spent before step 0 to choose the tree (one per prompt when the tree is
+        clustered on the model's first-step predictions); counted in :attr:`model_evaluations`.
     """
 
     tree: PromptTree
     steps: int
     tau: float
     budget: tuple[str, float] | None = None
+    probe_evaluations: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", _check_steps(self.steps))
@@ -84,6 +88,7 @@ class BranchSchedule:
             if mode not in BUDGET_MODES:
                 raise ValueError(f"unknown budget mode {mode!r}; choose one of {', '.join(BUDGET_MODES)}")
             object.__setattr__(self, "budget", (str(mode), float(value)))
+        object.__setattr__(self, "probe_evaluations", _check_probe(self.probe_evaluations))
 
     @cached_property
     def thresholds(self) -> np.ndarray:
@@ -179,8 +184,8 @@ class BranchSchedule:
 
     @property
     def model_evaluations(self) -> int:
-        """Sum of :attr:`evaluations_per_step` (no guidance doubling)."""
-        return int(self.evaluations_per_step.sum())
+        """Sum of :attr:`evaluations_per_step` plus :attr:`probe_evaluations` (no guidance doubling)."""
+        return int(self.evaluations_per_step.sum()) + self.probe_evaluations
 
     @property
     def independent_evaluations(self) -> int:
@@ -242,6 +247,7 @@ class BranchSchedule:
             "thresholds": self.thresholds.tolist(),
             "nodes": nodes,
             "evaluations_per_step": self.evaluations_per_step.tolist(),
+            "probe_evaluations": self.probe_evaluations,
             "model_evaluations": self.model_evaluations,
             "independent_evaluations": self.independent_evaluations,
             "saving": self.saving,
@@ -272,6 +278,7 @@ class BranchSchedule:
                 steps=data["steps"],
                 tau=data["tau"],
                 budget=None if budget is None else (budget["mode"], budget["value"]),
+                probe_evaluations=data.get("probe_evaluations", 0),  # absent before the first-step tree
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"plan JSON is missing or has a malformed field: {exc}") from None
@@ -291,6 +298,12 @@ class BranchSchedule:
         except json.JSONDecodeError as exc:
             raise ValueError(f"plan is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def _check_probe(count: int) -> int:
+    if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
+        raise ValueError(f"probe evaluations must be a whole number >= 0, got {count!r}")
+    return int(count)
 
 
 def check_budget(
@@ -329,6 +342,7 @@ def plan(
     tau: float | None = None,
     target_saving: float | None = None,
     evaluations_per_image: float | None = None,
+    probe_evaluations: int = 0,
 ) -> BranchSchedule:
     """Plan K steps for a tree from exactly one budget.
 
@@ -343,6 +357,8 @@ def plan(
         In [0, 1): the smallest tau whose saving is at least this.
     evaluations_per_image : float, optional
         In [1, K]: the smallest tau whose model evaluations per prompt are at most this.
+    probe_evaluations : int
+        Evaluations already spent choosing the tree; the budgets count them.
 
     The saving is monotone non-decreasing in tau and piecewise constant; it changes only where
     some threshold ``thr[k] = tau * (K-1-k) / (K-1)`` reaches some merge height h, i.e. at
@@ -353,34 +369,39 @@ def plan(
     mode, value = check_budget(
         steps, tau=tau, target_saving=target_saving, evaluations_per_image=evaluations_per_image
     )
+    probe = _check_probe(probe_evaluations)
     if mode == "tau":
-        return BranchSchedule(tree, steps, value, budget=(mode, value))
+        return BranchSchedule(tree, steps, value, budget=(mode, value), probe_evaluations=probe)
 
     n = tree.n_prompts
     total = steps * n
     sorted_heights = np.sort(tree.heights)
+
+    def evaluations(tau_: float) -> int:
+        return _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) + probe
+
     if mode == "target_saving":
 
         def meets(tau_: float) -> bool:
-            return 1.0 - _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) / total >= value
+            return 1.0 - evaluations(tau_) / total >= value
 
     else:
 
         def meets(tau_: float) -> bool:
-            return _model_evaluations(sorted_heights, n, thresholds(steps, tau_)) / n <= value
+            return evaluations(tau_) / n <= value
 
     budget = (mode, value)
     found = _smallest_tau(sorted_heights, steps, meets)
     if found is None:
         # tau -> inf: one group on every step but the last, whose threshold is always 0.
-        fewest = (steps - 1) + n - int(np.searchsorted(sorted_heights, 0.0, side="right"))
+        fewest = (steps - 1) + n - int(np.searchsorted(sorted_heights, 0.0, side="right")) + probe
         raise ValueError(
             f"{budget[0].replace('_', ' ')} {budget[1]:g} is not attainable "
             f"for {n} prompts in {steps} steps: "
             f"the maximum attainable saving is {1.0 - fewest / total:.6f} "
             f"({fewest / n:.4g} evaluations per image)"
         )
-    return BranchSchedule(tree, steps, found, budget=budget)
+    return BranchSchedule(tree, steps, found, budget=budget, probe_evaluations=probe)
 
 
 def _smallest_tau(sorted_heights: np.ndarray, steps: int, meets) -> float | None:

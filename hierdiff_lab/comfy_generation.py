@@ -98,10 +98,12 @@ def hierarchical(
     settings: SamplingSettings,
     budget: str,
     budget_value: float,
+    tree_from: str = "prompt_tree",
 ) -> Generation:
     """hierdiff's Prompt Set Cluster then Hierarchical KSampler (every prompt starts from the noise
     stock KSampler draws for the seed and a batch of one). ``budget``: "target_saving", "tau" (0 is
-    ordinary sampling, equal to stock KSampler per prompt) or "evaluations_per_image"."""
+    ordinary sampling, equal to stock KSampler per prompt) or "evaluations_per_image"; ``tree_from``:
+    the sampler's tree source ("prompt_tree" or "first_step")."""
     cluster, sampler = node_classes["HierPromptSetCluster"], node_classes["HierKSampler"]
     prompt_tree = cluster.execute(
         clip=[clip], prompts=["\n".join(prompts)], linkage=["ward"], embedding=["clip_pooled"]
@@ -122,6 +124,7 @@ def hierarchical(
         max_batch=64,
         noise_mode="shared",
         conditioning_mix="mean",
+        tree_from=tree_from,
     )
     latent, plan_json = output.result
     plan = json.loads(plan_json)

@@ -6,6 +6,7 @@ Each node only gathers its inputs, plans, and hands over to :class:`.guider.Hier
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -18,16 +19,18 @@ from comfy_api.latest import io
 
 from hierdiff_core.engine import CONDITIONING_MIXES
 from hierdiff_core.schedule import BranchSchedule, plan
+from hierdiff_core.tree import build_tree
 
 from .cluster import PromptTree
 from .conditioning import PromptTreeSet, check_token_lengths
-from .guider import NOISE_MODES, HierarchicalGuider, measured_line
+from .guider import NOISE_MODES, EvaluationCount, HierarchicalGuider, measured_line
 from .prior import check_tree_matches_model
 from .report import PLAN_KEY, plan_ui
 
 HierLatentType = io.Custom("HIER_LATENT")
 
 BUDGETS = ("target_saving", "tau", "evaluations_per_image")
+TREE_SOURCES = ("prompt_tree", "first_step")
 MAX_STEP = 10000
 
 
@@ -104,10 +107,74 @@ def sampling_inputs() -> list:
     ]
 
 
-def make_plan(prompt_set: PromptTreeSet, steps: int, budget: str, value: float) -> BranchSchedule:
+def make_plan(
+    prompt_set: PromptTreeSet, steps: int, budget: str, value: float, probe_evaluations: int = 0
+) -> BranchSchedule:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-    return plan(prompt_set.tree, steps, **{budget: value})
+    return plan(prompt_set.tree, steps, probe_evaluations=probe_evaluations, **{budget: value})
+
+
+def tree_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "tree_from",
+        options=list(TREE_SOURCES),
+        default="prompt_tree",
+        optional=True,
+        tooltip="prompt_tree: share along the prompt tree as given (text embeddings, as published). "
+        "first_step: one model evaluation per prompt on the seed's noise first, then cluster on what "
+        "the model predicts there: prompts that differ in what early steps decide (layout, place) "
+        "split early. Costs one evaluation per image, counted in the budget.",
+    )
+
+
+def first_step_tree(
+    model,
+    prompt_set: PromptTreeSet,
+    negative,
+    cfg: float,
+    latent: torch.Tensor,
+    sigmas: torch.Tensor,
+    seed: int,
+    max_batch: int,
+    noise_mask: torch.Tensor | None,
+) -> tuple[PromptTreeSet, EvaluationCount]:
+    """The prompt set re-clustered on the model's first-step predictions, and what that cost.
+
+    Every prompt is evaluated once at the first noise level, from the noise its own run starts from
+    (the seed's, shared), with guidance as configured; the (N, C, H, W) predicted clean latents are
+    clustered with Ward linkage over Euclidean distances. Two prompts whose predictions agree at the
+    first step are what the model itself would draw alike early on, whatever their texts' embeddings say.
+    """
+    probe = HierarchicalGuider(
+        model,
+        prompt_set,
+        negative,
+        cfg,
+        schedule=plan(prompt_set.tree, 1, tau=0.0),
+        sigmas=sigmas[:2],
+        max_batch=max_batch,
+        noise_mode="shared",
+        mix="mean",
+    )
+    predictions: dict[str, torch.Tensor] = {}
+
+    def keep_prediction(step: int, denoised: torch.Tensor, _x, _total) -> None:
+        predictions["x0"] = denoised
+
+    probe.sample(
+        comfy.sample.prepare_noise(latent[:1], seed),
+        latent,
+        comfy.samplers.sampler_object("euler"),  # exactly one model call per row at sigmas[0]
+        sigmas[:2],
+        denoise_mask=noise_mask,
+        callback=keep_prediction,
+        disable_pbar=True,
+        seed=seed,
+    )
+    flat = predictions["x0"].float().cpu().reshape(prompt_set.tree.n_prompts, -1).numpy()
+    tree = build_tree(flat, "ward", "euclidean", prompt_set.prompts)
+    return dataclasses.replace(prompt_set, tree=tree, embedding_space="first_step"), probe.count
 
 
 def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
@@ -178,9 +245,13 @@ def run_steps(
     return samples.to(comfy.model_management.intermediate_device())
 
 
-def report(guider: HierarchicalGuider) -> tuple[str, dict]:
-    """The plan JSON (for the plan output) and the UI output the web widget draws, with measured counts."""
-    ui = {**plan_ui(guider.schedule), "hierdiff_measured": [measured_line(guider.count)]}
+def report(guider: HierarchicalGuider, probe: EvaluationCount | None = None) -> tuple[str, dict]:
+    """The plan JSON (for the plan output) and the UI output the web widget draws, with measured counts
+    (the first-step probe's rows included: ordinary sampling needs no probe)."""
+    count = guider.count
+    if probe is not None:
+        count = dataclasses.replace(count, hierarchical=count.hierarchical + probe.hierarchical)
+    ui = {**plan_ui(guider.schedule), "hierdiff_measured": [measured_line(count)]}
     return ui[PLAN_KEY][0], ui
 
 
@@ -208,11 +279,20 @@ def sample_trunk(
     max_batch: int,
     noise_mode: str,
     conditioning_mix: str,
+    tree_from: str = "prompt_tree",
 ) -> tuple[HierLatent, str, dict]:
     """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default)."""
     latent = check_inputs(model, prompt_tree, latent_image)
+    if tree_from not in TREE_SOURCES:
+        raise ValueError(f"tree_from must be one of {TREE_SOURCES}, got {tree_from!r}")
     sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
-    schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value)
+    probe = None
+    if tree_from == "first_step" and prompt_tree.tree.n_prompts > 1:
+        prompt_tree, probe = first_step_tree(
+            model, prompt_tree, negative, cfg, latent, sigmas, seed, max_batch, latent_image.get("noise_mask")
+        )
+    probe_rows = prompt_tree.tree.n_prompts if probe is not None else 0
+    schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value, probe_rows)
     end = _end_step(end_at_step, schedule.steps, 0)
     guider = HierarchicalGuider(
         model,
@@ -228,7 +308,7 @@ def sample_trunk(
     samples = run_steps(
         model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
     )
-    plan_json, ui = report(guider)
+    plan_json, ui = report(guider, probe)
     return (
         HierLatent(samples, prompt_tree, schedule, sigmas, end, seed, max_batch, conditioning_mix),
         plan_json,
@@ -249,6 +329,7 @@ def trunk_inputs(*, end_at_step: bool) -> list:
         *budget_inputs(),
         *stop,
         *engine_inputs(),
+        tree_input(),
     ]
 
 
@@ -268,10 +349,11 @@ class HierKSampler(io.ComfyNode):
     def execute(
         cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
         budget, budget_value, max_batch, noise_mode, conditioning_mix,
+        tree_from="prompt_tree",
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
             model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
-            budget, budget_value, MAX_STEP, max_batch, noise_mode, conditioning_mix,
+            budget, budget_value, MAX_STEP, max_batch, noise_mode, conditioning_mix, tree_from,
         )
         return io.NodeOutput({"samples": hier.samples}, plan_json, ui=ui)
 
@@ -295,10 +377,11 @@ class HierSharedTrunkSampler(io.ComfyNode):
     def execute(
         cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
         budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix,
+        tree_from="prompt_tree",
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
             model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
-            budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix,
+            budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix, tree_from,
         )
         return io.NodeOutput(hier, plan_json, ui=ui)
 

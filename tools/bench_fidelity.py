@@ -11,11 +11,12 @@ in this process (the test host's helper), on the CPU:
 
 Per prompt the rule-based checker counts satisfied caption attributes (of 5); the table gives mean
 attribute accuracy, full acceptance (all 5), win/tie/loss of hierarchical against each baseline, the
-per-image RMS latent and mean absolute pixel difference from the full-step independent result, and
-diversity within the set (mean pairwise absolute pixel difference). The plot is accuracy against
-average model evaluations per image (conditional rows; guidance doubles both sides alike).
+per-image RMS latent and mean absolute pixel difference of both cheaper runs from the full-step
+independent picture (how far from "the same picture" each saving lands), and diversity within the set
+(mean pairwise absolute pixel difference). The plot has two panels against average model evaluations
+per image (conditional rows; guidance doubles both sides alike): accuracy, and pixel difference.
 
-    .venv/bin/python tools/bench_fidelity.py [--savings 0.25 0.5 0.75] [--seeds 0 1] [--out DIR]
+    .venv/bin/python tools/bench_fidelity.py [--savings 0.25 0.5 0.75 0.85] [--seeds 0 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -66,75 +67,72 @@ def win_tie_loss(a: Scores, b: Scores) -> str:
     )
 
 
+def difference(a, b) -> tuple[float, float]:
+    """(mean per-image RMS latent difference, mean absolute pixel difference 0..255) of two runs over
+    the same prompts (``comfy_generation.Generation``)."""
+    latent = float(((a.latents - b.latents) ** 2).mean(dim=(1, 2, 3)).sqrt().mean())
+    return latent, float(np.abs(a.images.astype(float) - b.images).mean())
+
+
 def diversity(images: np.ndarray) -> float:
     """Mean absolute pixel difference over all pairs of pictures in the set (0..255)."""
     pairs = itertools.combinations(range(len(images)), 2)
     return float(np.mean([np.abs(images[i].astype(float) - images[j]).mean() for i, j in pairs]))
 
 
-def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
-    """Accuracy against evaluations per image, one polyline per curve; matplotlib if present, else Pillow."""
-    try:
-        import matplotlib
+def plot(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: Path, title: str) -> None:
+    """Side-by-side line charts against model evaluations per image, one polyline per curve (Pillow).
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for name, points in curves.items():
-            xs, ys = zip(*sorted(points), strict=True)
-            axes.plot(xs, ys, marker="o", label=name)
-        axes.set_xlabel("model evaluations per image")
-        axes.set_ylabel("attribute accuracy")
-        axes.set_title(title)
-        axes.legend()
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-        return
-    except ImportError:
-        pass
+    ``panels`` holds (y-axis label, {curve name: [(evaluations per image, value), ...]})."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = 640, 420, 60
-    image = Image.new("RGB", (width, height), "white")
+    width, height, margin = 560, 420, 60
+    image = Image.new("RGB", (width * len(panels), height + 30), "white")
     draw = ImageDraw.Draw(image)
-    all_points = [p for points in curves.values() for p in points]
-    x_max = max(x for x, _ in all_points) * 1.05
-    y_min = min(0.5, min(y for _, y in all_points) - 0.05)
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (
-            margin + x / x_max * (width - 2 * margin),
-            height - margin - (y - y_min) / (1 - y_min) * (height - 2 * margin),
-        )
-
-    draw.line([at(0, y_min), at(x_max, y_min)], fill="black")
-    draw.line([at(0, y_min), at(0, 1)], fill="black")
-    for tick in np.linspace(y_min, 1, 6):
-        draw.text((5, at(0, tick)[1] - 6), f"{tick:.2f}", fill="black")
-    for tick in np.linspace(0, x_max, 6):
-        draw.text((at(tick, y_min)[0] - 8, height - margin + 8), f"{tick:.1f}", fill="black")
-    draw.text((width // 2 - 110, height - 25), "model evaluations per image", fill="black")
-    draw.text((margin, 15), title + "  (y: attribute accuracy)", fill="black")
+    draw.text((margin, 8), title, fill="black")
     colours = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
-    for index, ((name, points), colour) in enumerate(zip(curves.items(), colours, strict=False)):
-        xy = [at(x, y) for x, y in sorted(points)]
-        draw.line(xy, fill=colour, width=2)
-        for x, y in xy:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        legend_y = height - margin - 20 - 16 * index  # legend in the lower right, one line per curve
-        legend_x = width - margin - 190
-        draw.line([(legend_x, legend_y + 6), (legend_x + 20, legend_y + 6)], fill=colour, width=2)
-        draw.text((legend_x + 25, legend_y), name, fill=colour)
+    for panel, (label, curves) in enumerate(panels):
+        left, top = panel * width, 30
+        points = [p for curve in curves.values() for p in curve]
+        x_max = max(x for x, _ in points) * 1.05
+        y_low, y_high = min(y for _, y in points), max(y for _, y in points)
+        pad = max(0.05 * (y_high - y_low), 1e-3)
+        y_low, y_high = y_low - pad, y_high + pad
+
+        def at(x: float, y: float, left=left, top=top, x_max=x_max, y_low=y_low, y_high=y_high):
+            return (
+                left + margin + x / x_max * (width - 2 * margin),
+                top + height - margin - (y - y_low) / (y_high - y_low) * (height - 2 * margin),
+            )
+
+        draw.line([at(0, y_low), at(x_max, y_low)], fill="black")
+        draw.line([at(0, y_low), at(0, y_high)], fill="black")
+        for tick in np.linspace(y_low, y_high, 6):
+            draw.text((left + 5, at(0, tick)[1] - 6), f"{tick:.3g}", fill="black")
+        for tick in np.linspace(0, x_max, 6):
+            draw.text((at(tick, y_low)[0] - 8, top + height - margin + 8), f"{tick:.1f}", fill="black")
+        draw.text((left + width // 2 - 90, top + height - 28), "model evaluations per image", fill="black")
+        draw.text((left + margin, top + 4), label, fill="black")
+        for index, ((name, curve), colour) in enumerate(zip(curves.items(), colours, strict=False)):
+            xy = [at(x, y) for x, y in sorted(curve)]
+            draw.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            legend_x, legend_y = left + width - margin - 190, top + 24 + 16 * index
+            draw.line([(legend_x, legend_y + 6), (legend_x + 20, legend_y + 6)], fill=colour, width=2)
+            draw.text((legend_x + 25, legend_y), name, fill=colour)
     image.save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=["variations", "attribute_grid", "wording"])
-    parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.85])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=4.0)
+    parser.add_argument("--sampler", default="euler", help="a ComfyUI sampler name")
+    parser.add_argument("--scheduler", default="normal", help="a ComfyUI scheduler name")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the trained shapes model")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "fidelity")
     args = parser.parse_args(argv)
@@ -150,24 +148,32 @@ def main(argv: list[str] | None = None) -> int:
     model, clip, vae = tiny_model_module().load_tiny_model(str(checkpoint))
     args.out.mkdir(parents=True, exist_ok=True)
 
+    methods = ("hierarchical, prompt tree", "hierarchical, first-step tree", "independent, fewer steps")
     header = (
-        "| set | seed | target saving | evals/image (hier) | acc hier | acc indep full | acc indep fewer "
-        "| accept hier / full / fewer | W/T/L vs full | W/T/L vs fewer | latent RMS diff | pixel diff "
-        "| diversity hier / full |"
+        "| set | seed | target saving | method | evals/image | accuracy | all 5 | W/T/L vs full "
+        "| W/T/L vs fewer | latent RMS diff | pixel diff | diversity (full) |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    # curve name -> point key (target saving, or step count) -> (evaluations per image, accuracy) per run
-    curves: dict[str, dict[float, list[tuple[float, float]]]] = {
-        "hierarchical": {},
-        "independent (fewer steps)": {},
+    # metric -> method -> target saving -> [(evaluations per image, value)], one per set and seed
+    metrics = ("attribute accuracy", "mean |pixel difference| from the full-step picture")
+    curves: dict[str, dict[str, dict[float, list[tuple[float, float]]]]] = {
+        metric: {method: {} for method in methods} for metric in metrics
     }
-    totals: dict[str, list[float]] = {}
     started = time.time()
     for set_name, seed in itertools.product(args.sets, args.seeds):
         prompts = synthetic.PROMPT_SETS[set_name]()
-        settings = comfy_generation.SamplingSettings(seed=seed, steps=args.steps, cfg=args.cfg)
+        settings = comfy_generation.SamplingSettings(
+            seed=seed, steps=args.steps, cfg=args.cfg, sampler_name=args.sampler, scheduler=args.scheduler
+        )
 
-        def run(budget: str, value: float, steps: int = args.steps, prompts=prompts, settings=settings):
+        def run(
+            budget: str,
+            value: float,
+            steps: int = args.steps,
+            tree_from: str = "prompt_tree",
+            prompts=prompts,
+            settings=settings,
+        ):
             generation = comfy_generation.hierarchical(
                 host.node_classes,
                 model,
@@ -177,60 +183,84 @@ def main(argv: list[str] | None = None) -> int:
                 dataclasses.replace(settings, steps=steps),
                 budget,
                 value,
+                tree_from,
             )
             return generation, score(generation.images, prompts, generation.model_evaluations)
 
         full, full_scores = run("tau", 0.0)
-        full_point = (full_scores.evaluations_per_image, full_scores.accuracy)
-        for name in curves:  # sharing nothing is a point of both curves
-            curves[name].setdefault(0.0, []).append(full_point)
-        train.save_grid(full.images, args.out / f"{set_name}-seed{seed}-independent.png", columns=8)
-        for saving in args.savings:
-            hier, hier_scores = run("target_saving", saving)
-            fewer_steps = max(1, round(args.steps * (1 - saving)))
-            _, fewer_scores = run("tau", 0.0, steps=fewer_steps)
-            curves["hierarchical"].setdefault(saving, []).append(
-                (hier_scores.evaluations_per_image, hier_scores.accuracy)
+        for method in methods:  # sharing nothing is a point of every curve
+            curves[metrics[0]][method].setdefault(0.0, []).append(
+                (full_scores.evaluations_per_image, full_scores.accuracy)
             )
-            curves["independent (fewer steps)"].setdefault(saving, []).append(
-                (fewer_scores.evaluations_per_image, fewer_scores.accuracy)
+            curves[metrics[1]][method].setdefault(0.0, []).append((full_scores.evaluations_per_image, 0.0))
+        train.save_grid(full.images, args.out / f"{set_name}-seed{seed}-independent.png", columns=8)
+        full_diversity = diversity(full.images)
+        for saving in args.savings:
+            fewer_steps = max(1, round(args.steps * (1 - saving)))
+            fewer, fewer_scores = run("tau", 0.0, steps=fewer_steps)
+            results = {
+                methods[0]: run("target_saving", saving),
+                methods[1]: run("target_saving", saving, tree_from="first_step"),
+                methods[2]: (fewer, fewer_scores),
+            }
+            for method, (generation, scores) in results.items():
+                latent_diff, pixel_diff = difference(generation, full)
+                curves[metrics[0]][method].setdefault(saving, []).append(
+                    (scores.evaluations_per_image, scores.accuracy)
+                )
+                curves[metrics[1]][method].setdefault(saving, []).append(
+                    (scores.evaluations_per_image, pixel_diff)
+                )
+                steps_note = f" ({fewer_steps} steps)" if method == methods[2] else ""
+                versus_fewer = "" if method == methods[2] else win_tie_loss(scores, fewer_scores)
+                rows.append(
+                    f"| {set_name} | {seed} | {saving:.2f} | {method} | {scores.evaluations_per_image:.2f}"
+                    f"{steps_note} | {scores.accuracy:.3f} | {scores.acceptance:.2f} "
+                    f"| {win_tie_loss(scores, full_scores)} | {versus_fewer} | {latent_diff:.3f} "
+                    f"| {pixel_diff:.1f} | {diversity(generation.images):.1f} ({full_diversity:.1f}) |"
+                )
+                print(rows[-1], f"  [{time.time() - started:.0f}s]", flush=True)
+            train.save_grid(
+                results[methods[0]][0].images,
+                args.out / f"{set_name}-seed{seed}-saving{saving:.2f}.png",
+                columns=8,
             )
             train.save_grid(
-                hier.images, args.out / f"{set_name}-seed{seed}-saving{saving:.2f}.png", columns=8
+                results[methods[1]][0].images,
+                args.out / f"{set_name}-seed{seed}-saving{saving:.2f}-first-step.png",
+                columns=8,
             )
-            latent_diff = float(((hier.latents - full.latents) ** 2).mean(dim=(1, 2, 3)).sqrt().mean())
-            pixel_diff = float(np.abs(hier.images.astype(float) - full.images).mean())
-            row = (
-                f"| {set_name} | {seed} | {saving:.2f} | {hier_scores.evaluations_per_image:.1f} "
-                f"(fewer: {fewer_steps}) | {hier_scores.accuracy:.3f} | {full_scores.accuracy:.3f} "
-                f"| {fewer_scores.accuracy:.3f} | {hier_scores.acceptance:.2f} / "
-                f"{full_scores.acceptance:.2f} / {fewer_scores.acceptance:.2f} "
-                f"| {win_tie_loss(hier_scores, full_scores)} "
-                f"| {win_tie_loss(hier_scores, fewer_scores)} | {latent_diff:.3f} | {pixel_diff:.1f} "
-                f"| {diversity(hier.images):.1f} / {diversity(full.images):.1f} |"
-            )
-            rows.append(row)
-            print(row, f"  [{time.time() - started:.0f}s]", flush=True)
-            for key, value in (
-                ("hier", hier_scores.accuracy),
-                ("full", full_scores.accuracy),
-                ("fewer", fewer_scores.accuracy),
-            ):
-                totals.setdefault(f"{saving:.2f}-{key}", []).append(value)
 
-    averaged = {
-        name: [tuple(np.mean(runs, axis=0)) for runs in by_key.values()] for name, by_key in curves.items()
+    # Means over sets and seeds: the summary table and the plot.
+    means = {
+        metric: {
+            method: {key: tuple(np.mean(runs, axis=0)) for key, runs in by_key.items()}
+            for method, by_key in by_method.items()
+        }
+        for metric, by_method in curves.items()
     }
-    plot(averaged, args.out / "accuracy_vs_evaluations.png", "shapes-t2i, mean over prompt sets")
-    table = "\n".join(rows)
-    summary = "\n".join(
-        f"saving {saving:.2f}: mean accuracy hierarchical {np.mean(totals[f'{saving:.2f}-hier']):.3f}, "
-        f"independent full {np.mean(totals[f'{saving:.2f}-full']):.3f}, "
-        f"independent fewer steps {np.mean(totals[f'{saving:.2f}-fewer']):.3f}"
-        for saving in args.savings
-    )
-    (args.out / "fidelity_table.md").write_text(table + "\n\n" + summary + "\n", encoding="utf-8")
-    print("\n" + table + "\n\n" + summary)
+    summary = [
+        "| target saving | method | evals/image | accuracy | pixel diff from full |",
+        "|---|---|---|---|---|",
+        f"| 0 | independent, {args.steps} steps | {means[metrics[0]][methods[2]][0.0][0]:.2f} "
+        f"| {means[metrics[0]][methods[2]][0.0][1]:.3f} | 0 |",
+    ]
+    for saving in args.savings:
+        for method in methods:
+            evaluations, accuracy = means[metrics[0]][method][saving]
+            summary.append(
+                f"| {saving:.2f} | {method} | {evaluations:.2f} | {accuracy:.3f} "
+                f"| {means[metrics[1]][method][saving][1]:.1f} |"
+            )
+    panels = [
+        (metric, {method: list(by_key.values()) for method, by_key in by_method.items()})
+        for metric, by_method in means.items()
+    ]
+    title = f"{checkpoint.name}, {args.sampler}/{args.scheduler} {args.steps} steps, mean over sets and seeds"
+    plot(panels, args.out / "accuracy_vs_evaluations.png", title)
+    text = "\n".join(summary) + "\n\n" + "\n".join(rows) + "\n"
+    (args.out / "fidelity_table.md").write_text(text, encoding="utf-8")
+    print("\n" + "\n".join(summary))
     print(
         f"\nwrote {args.out}/fidelity_table.md, accuracy_vs_evaluations.png and picture grids "
         f"({time.time() - started:.0f}s)"

@@ -83,6 +83,7 @@ def hier_ksampler(
     steps=STEPS,
     denoise=1.0,
     mix="mean",
+    tree_from="prompt_tree",
 ):
     node = comfy.classes["HierKSampler"]
     return node.execute(
@@ -101,6 +102,7 @@ def hier_ksampler(
         max_batch,
         noise_mode,
         mix,
+        tree_from,
     )
 
 
@@ -214,6 +216,41 @@ def test_model_sees_exactly_the_planned_evaluations(comfy, cfg):
     measured = out.ui["hierdiff_measured"][0]
     assert f" {guidance * schedule.model_evaluations} latent rows through the model instead of " in measured
     assert f" {guidance * steps * len(SET_WITH_SPLITS)}," in measured
+
+
+@pytest.mark.parametrize("cfg", [1.0, 7.0])
+def test_first_step_tree_costs_one_evaluation_per_prompt_counted_in_the_plan(comfy, cfg):
+    tree = prompt_tree(comfy, SET_WITH_SPLITS)
+    model, counter = counting(comfy.model)
+    steps, n = 10, len(SET_WITH_SPLITS)
+    out = hier_ksampler(
+        comfy, tree, model=model, cfg=cfg, budget="target_saving", value=0.4, steps=steps,
+        tree_from="first_step",
+    )
+    from hierdiff_core.schedule import BranchSchedule
+
+    schedule = BranchSchedule.from_json(out.args[1])
+    assert schedule.probe_evaluations == n
+    assert schedule.model_evaluations == int(schedule.evaluations_per_step.sum()) + n
+    assert (schedule.tree.method, schedule.tree.metric) == ("ward", "euclidean")
+    guidance = 2 if cfg != 1.0 else 1
+    assert counter["rows"] == guidance * schedule.model_evaluations
+    assert schedule.saving >= 0.4  # the probe is paid for inside the budget
+    measured = out.ui["hierdiff_measured"][0]
+    assert f" {guidance * schedule.model_evaluations} latent rows through the model instead of " in measured
+    assert f" {guidance * steps * n}," in measured
+
+
+def test_first_step_tree_at_tau_zero_is_ordinary_sampling(comfy):
+    tree = prompt_tree(comfy, SET_WITH_SPLITS)
+    reference = hier_ksampler(comfy, tree).args[0]["samples"]
+    out = hier_ksampler(comfy, tree, tree_from="first_step")
+    assert_close(out.args[0]["samples"], reference, "first-step tree at tau 0")
+
+
+def test_unknown_tree_source_is_rejected_naming_tree_from(comfy):
+    with pytest.raises(ValueError, match="tree_from"):
+        hier_ksampler(comfy, prompt_tree(comfy, SET_WITH_SPLITS), tree_from="sentence")
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "ddim"])

@@ -2,9 +2,9 @@
 checker recognises; the random tiny test model, through the same path, does not.
 
 Thresholds come from measurements on the committed weights (docs/fidelity.md), euler 20 steps, cfg 4,
-seed 0, 48 held-out captions: full acceptance 0.375, shape 0.583, colour 0.729, size 0.875, position
-0.958, background 0.958 (the same with 1 and 2 torch threads). Generation is deterministic on the CPU;
-the thresholds leave a margin for other torch builds.
+seed 0, 48 held-out captions: every attribute of every picture right (and of 96). Generation is
+deterministic on the CPU; the thresholds leave a margin (two or three pictures of 48) for other torch
+builds.
 """
 
 import numpy as np
@@ -14,7 +14,14 @@ from PIL import Image
 
 from hierdiff_lab import checker, comfy_generation, synthetic, train
 
-MINIMUM_RATES = {"shape": 0.5, "colour": 0.6, "size": 0.8, "position": 0.9, "background": 0.9, "all": 0.3}
+MINIMUM_RATES = {
+    "shape": 0.95,
+    "colour": 0.95,
+    "size": 0.95,
+    "position": 0.95,
+    "background": 0.95,
+    "all": 0.9,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +62,14 @@ def test_loader_node_checkpoint_input_runs_the_trained_model_in_a_workflow(comfy
         synthetic.canonical_caption(synthetic.Scene("circle", "red", "large", "top left", "grey")),
     ]
     workflow = basic_workflow(
-        prompts, seed=0, steps=20, width=64, height=64, cfg=4.0,
-        checkpoint=str(comfy_generation.TRAINED_CHECKPOINT), filename_prefix="trained_shapes",
+        prompts,
+        seed=0,
+        steps=20,
+        width=64,
+        height=64,
+        cfg=4.0,
+        checkpoint=str(comfy_generation.TRAINED_CHECKPOINT),
+        filename_prefix="trained_shapes",
     )
     result = comfy_host.run(workflow)
     for i, prompt in enumerate(prompts):
@@ -64,4 +77,23 @@ def test_loader_node_checkpoint_input_runs_the_trained_model_in_a_workflow(comfy
         image = np.asarray(Image.open(path).convert("RGB"))
         assert image.shape == (64, 64, 3)
         seen = checker.check(image, prompt)
-        assert seen["background"] and seen["position"], (prompt, seen)
+        assert all(seen.values()), (prompt, seen)
+
+
+def test_first_step_tree_keeps_the_attribute_grid_where_the_prompt_tree_loses(comfy_host, trained_model):
+    """At a 25 % saving the text-embedding tree merges prompts that differ only in place, which the
+    first steps decide, so some pictures lose their place; clustering on the model's first-step
+    predictions splits those early. Measured (seed 0): all five attributes right for 24 of 24
+    pictures against 18 of 24."""
+    model, clip, vae = trained_model
+    prompts = synthetic.attribute_grid_prompt_set()
+    settings = comfy_generation.SamplingSettings()
+    accuracy = {}
+    for tree_from in ("prompt_tree", "first_step"):
+        generation = comfy_generation.hierarchical(
+            comfy_host.node_classes, model, clip, vae, prompts, settings, "target_saving", 0.25, tree_from
+        )
+        assert generation.plan["saving"] >= 0.25
+        accuracy[tree_from] = train.acceptance(generation.images, prompts)
+    assert accuracy["first_step"]["all"] >= 0.95, accuracy
+    assert accuracy["first_step"]["all"] > accuracy["prompt_tree"]["all"], accuracy
