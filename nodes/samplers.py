@@ -174,7 +174,9 @@ def first_step_tree(
     )
     flat = predictions["x0"].float().cpu().reshape(prompt_set.tree.n_prompts, -1).numpy()
     tree = build_tree(flat, "ward", "euclidean", prompt_set.prompts)
-    return dataclasses.replace(prompt_set, tree=tree, embedding_space="first_step"), probe.count
+    # Only the tree changes: embedding_space still says what the conditioning carries (prior-space sets
+    # bring per-prompt unCLIP rows).
+    return dataclasses.replace(prompt_set, tree=tree), probe.count
 
 
 def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:

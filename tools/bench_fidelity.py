@@ -16,7 +16,7 @@ independent picture (how far from "the same picture" each saving lands), and div
 (mean pairwise absolute pixel difference). The plot has two panels against average model evaluations
 per image (conditional rows; guidance doubles both sides alike): accuracy, and pixel difference.
 
-    .venv/bin/python tools/bench_fidelity.py [--savings 0.25 0.5 0.75 0.85] [--seeds 0 1] [--out DIR]
+    .venv/bin/python tools/bench_fidelity.py [--savings 0.25 0.5 0.75 0.8] [--seeds 0 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def plot(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: P
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=["variations", "attribute_grid", "wording"])
-    parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.85])
+    parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=4.0)

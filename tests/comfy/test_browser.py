@@ -59,6 +59,19 @@ def object_info(comfy_server: ComfyServer) -> dict[str, dict]:
     return comfy_server.object_info()
 
 
+SAVED_BEFORE_TREE_FROM = "hierdiff_basic_saved_before_tree_from"
+
+
+def saved_without_last_widget(workflow: dict, name: str) -> dict:
+    """``workflow`` as the frontend saved it before the last widget input ``name`` was added to its nodes."""
+    older = json.loads(json.dumps(workflow))
+    for node in older["nodes"]:
+        if node["inputs"] and node["inputs"][-1]["name"] == name:
+            node["inputs"].pop()
+            node["widgets_values"].pop()
+    return older
+
+
 @pytest.fixture(scope="module")
 def browser_report(comfy_server: ComfyServer, object_info, tmp_path_factory) -> dict:
     if not CHROMIUM.exists() or not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
@@ -82,6 +95,14 @@ def browser_report(comfy_server: ComfyServer, object_info, tmp_path_factory) -> 
         tiny = examples.on_tiny_model(workflow, steps=6, size=64)
         path.write_text(json.dumps(examples.build(tiny, object_info)))
         jobs.append({"name": f"{workflow.name}_tiny", "file": str(path), "run": True})
+    # The basic example as saved before the samplers' optional tree_from input existed.
+    basic = next(w for w in examples.workflows() if w.name == "hierdiff_basic")
+    older = saved_without_last_widget(
+        examples.build(examples.on_tiny_model(basic, steps=6, size=64), object_info), "tree_from"
+    )
+    older_path = work / f"{SAVED_BEFORE_TREE_FROM}.json"
+    older_path.write_text(json.dumps(older))
+    jobs.append({"name": SAVED_BEFORE_TREE_FROM, "file": str(older_path), "run": True})
     big_plan = work / "big_plan.json"
     big_plan_json(big_plan)
     job = {"url": comfy_server.url, "out_dir": str(work), "workflows": jobs, "big_plan_file": str(big_plan)}
@@ -135,10 +156,19 @@ def test_each_example_loads_with_no_unknown_nodes(browser_report) -> None:
 
 def test_each_example_on_the_tiny_model_queues_and_completes(browser_report) -> None:
     done = runs(browser_report)
-    assert sorted(done) == sorted(f"{w.name}_tiny" for w in examples.workflows())
+    assert sorted(done) == sorted([f"{w.name}_tiny" for w in examples.workflows()] + [SAVED_BEFORE_TREE_FROM])
     for name, run in done.items():
         assert run.get("queue_error") is None, f"{name}: {run.get('queue_error_detail')}"
         assert run["status"] == "execution_success", f"{name}: {run['error']}"
+
+
+def test_a_workflow_saved_before_tree_from_runs_with_its_default(browser_report) -> None:
+    run = runs(browser_report)[SAVED_BEFORE_TREE_FROM]
+    assert run["status"] == "execution_success", run.get("error")
+    (sampler,) = [node for node in run["prompt"].values() if node["class_type"] == "HierKSampler"]
+    assert sampler["inputs"].get("tree_from", "prompt_tree") == "prompt_tree"
+    # the saved widget values still land on their own inputs
+    assert (sampler["inputs"]["budget"], sampler["inputs"]["conditioning_mix"]) == ("target_saving", "mean")
 
 
 def test_plans_are_drawn_on_screen_after_the_run(browser_report) -> None:

@@ -198,6 +198,35 @@ def test_plan_json_round_trips_unchanged(embedded):
     assert BranchSchedule.from_dict(json.loads(text)).budget == ("target_saving", 0.5)
 
 
+@pytest.mark.parametrize("target", [0.3, 0.5])
+def test_probe_evaluations_are_counted_and_paid_for_inside_the_budget(embedded, target):
+    _, E = embedded("style_variations")
+    tree = build_tree(E)
+    n = tree.n_prompts
+    without = plan(tree, STEPS, target_saving=target)
+    schedule = plan(tree, STEPS, target_saving=target, probe_evaluations=n)
+    assert schedule.probe_evaluations == n
+    assert schedule.model_evaluations == int(schedule.evaluations_per_step.sum()) + n
+    assert schedule.saving >= target
+    assert schedule.tau >= without.tau  # sharing more to pay for the probe
+    below = np.nextafter(schedule.tau, 0.0)
+    assert plan(tree, STEPS, tau=below, probe_evaluations=n).saving < target
+    assert plan(tree, STEPS, tau=0.0, probe_evaluations=n).model_evaluations == (STEPS + 1) * n
+    with pytest.raises(ValueError, match="probe evaluations"):
+        plan(tree, STEPS, tau=0.0, probe_evaluations=-1)
+
+
+def test_plan_json_carries_the_probe_and_reads_plans_written_before_it(embedded):
+    _, E = embedded("demo")
+    schedule = plan(build_tree(E), STEPS, tau=0.5, probe_evaluations=6)
+    data = schedule.to_dict()
+    assert data["probe_evaluations"] == 6
+    assert BranchSchedule.from_dict(data).to_dict() == data
+    older = plan(build_tree(E), STEPS, tau=0.5).to_dict()
+    del older["probe_evaluations"]
+    assert BranchSchedule.from_dict(older).probe_evaluations == 0
+
+
 def test_plan_json_with_edited_counts_is_rejected(embedded):
     _, E = embedded("demo")
     data = plan(build_tree(E), STEPS, tau=0.5).to_dict()
