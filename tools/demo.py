@@ -12,9 +12,11 @@ all are, and stops the server.
 
 The embedded default model is the small text-to-image model this project trained on synthetic scenes
 of coloured shapes (hierdiff_lab/weights), loaded through the testkit's loader like any checkpoint of
-the tiny SD1.5-architecture family: its pictures of the `shapes_variations` set mean something. The
-paper's real `demo` set (big cats) is outside its vocabulary, so those pictures are blobs, but the plan
-and the savings are the real ones for that set. ``--model random`` uses the random-weight test model.
+the tiny SD1.5-architecture family; the default runs its `shapes_variations` and `shapes_grid` sets.
+The paper's `demo` set (big cats) is outside its vocabulary: its text encoder knows only the shapes
+captions' words (the other token rows are zero), so to it those prompts differ only in length and the
+plan shares nearly every step. ``--model random`` uses the random-weight test model, whose text
+encoder tells every word apart (its pictures are noise).
 """
 
 from __future__ import annotations
@@ -35,13 +37,19 @@ from hierdiff_core.schedule import BranchSchedule
 # name -> (package holding prompt_sets/, file stem)
 EMBEDDED_PROMPT_SETS = {
     "shapes_variations": ("hierdiff_lab", "variations"),
+    "shapes_grid": ("hierdiff_lab", "attribute_grid"),
     "shapes_wording": ("hierdiff_lab", "wording"),
     "demo": ("hierdiff_core", "demo"),
     "style_variations": ("hierdiff_core", "style_variations"),
 }
 TRAINED_CHECKPOINT = REPO_ROOT / "hierdiff_lab" / "weights" / "shapes-t2i.safetensors"
 # What each model is made for: the trained one at its training size and a moderate guidance.
-MODEL_SETTINGS = {"trained": {"size": 64, "cfg": 4.0}, "random": {"size": 128, "cfg": 7.0}}
+# The trained model learnt guidance against the empty prompt (its caption dropout) and knows no word of
+# the example's negative prompt.
+MODEL_SETTINGS = {
+    "trained": {"size": 64, "cfg": 4.0, "negative": ""},
+    "random": {"size": 128, "cfg": 7.0, "negative": examples.NEGATIVE},
+}
 
 
 def read_prompts(path: Path | None, prompt_set: str) -> list[str]:
@@ -71,7 +79,8 @@ def run_set(server: ComfyServer, name: str, prompts: list[str], args: argparse.N
         cfg=settings["cfg"],
     )
     overrides = {
-        "sampler": {"seed": args.seed, "budget_value": args.target_saving},
+        "sampler": {"seed": args.seed, "budget_value": args.target_saving, "tree_from": args.tree_from},
+        "negative": {"text": settings["negative"]},
         "save": {"filename_prefix": f"hierdiff/{name}/image"},
         "preview": {"filename_prefix": f"hierdiff/{name}/plan"},
     }
@@ -110,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         "--prompt-set",
         choices=list(EMBEDDED_PROMPT_SETS),
         nargs="+",
-        default=["shapes_variations", "demo"],
+        default=["shapes_variations", "shapes_grid"],
         help="embedded prompt sets, one workflow run each",
+    )
+    parser.add_argument(
+        "--tree-from",
+        choices=("first_step", "prompt_tree"),
+        default="first_step",
+        help="the sampler's tree source: first_step keeps the shapes' layout (docs/fidelity.md)",
     )
     parser.add_argument("--prompts", type=Path, help="a text file, one prompt per line (instead of the sets)")
     parser.add_argument("--steps", type=int, default=20)
