@@ -73,10 +73,13 @@ def text_prompt_set(comfy, family: str, conditionings: list[list], prompts: list
     return comfy.conditioning.PromptTreeSet(tree, tuple(prompts), stacked, "clip_pooled")
 
 
-def hier_ksampler(comfy, model, prompt_set, negative, latent, *, cfg, budget="tau", value=0.0, steps=STEPS):
+def hier_ksampler(
+    comfy, model, prompt_set, negative, latent, *, cfg, budget="tau", value=0.0, steps=STEPS,
+    tree_from="prompt_tree",
+):  # fmt: skip
     return comfy.node_classes["HierKSampler"].execute(
         model, prompt_set, negative, latent, SEED, steps, cfg, "euler", "normal", 1.0,
-        budget, value, 64, "shared", "mean",
+        budget, value, 64, "shared", "mean", tree_from,
     )  # fmt: skip
 
 
@@ -216,6 +219,35 @@ def test_unclip_prior_tree_at_tau_zero_equals_stock_unclip_conditioning_per_prom
         )[0]
         reference = stock_sample(comfy, model, positive, negative, latent, cfg=5.0)
         assert_close(samples[i : i + 1], reference, f"unCLIP, prompt {i}")
+
+
+def assert_first_step_tree_is_exact_at_tau_zero(comfy, model, prompt_set, negative, latent, cfg) -> None:
+    """The first-step tree changes the grouping only: at tau = 0 the pictures are ordinary sampling's, and
+    the plan counts one probe evaluation per prompt."""
+    from hierdiff_core.schedule import BranchSchedule
+
+    plain = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=cfg).args[0]["samples"]
+    probed = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=cfg, tree_from="first_step")
+    assert_close(probed.args[0]["samples"], plain, "first-step tree at tau 0")
+    schedule = BranchSchedule.from_json(probed.args[1])
+    assert schedule.probe_evaluations == prompt_set.tree.n_prompts
+    assert schedule.tree.metric == "euclidean"
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_first_step_tree_on_each_text_family(comfy, family):
+    per_prompt = [comfy.tiny.conditioning(family, seed) for seed in range(N_PROMPTS)]
+    prompt_set = text_prompt_set(comfy, family, per_prompt, PROMPTS)
+    model, latent = comfy.tiny.build_model(family), comfy.tiny.empty_latent(family)
+    negative = comfy.tiny.conditioning(family, 100)
+    assert_first_step_tree_is_exact_at_tau_zero(comfy, model, prompt_set, negative, latent, cfg=3.0)
+
+
+def test_first_step_tree_on_a_prior_space_set_keeps_its_per_prompt_unclip_rows(comfy, unclip):
+    model, _base, prompt_set = unclip
+    negative = comfy.tiny.conditioning("sd21_unclip", 100)
+    latent = comfy.tiny.empty_latent("sd21_unclip")
+    assert_first_step_tree_is_exact_at_tau_zero(comfy, model, prompt_set, negative, latent, cfg=5.0)
 
 
 def test_unclip_groups_evaluate_the_adm_of_their_mean_image_embedding(comfy, unclip):
