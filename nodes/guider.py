@@ -11,6 +11,7 @@ use this class: there is one engine.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -24,13 +25,15 @@ import numpy as np
 import torch
 
 from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupNoise, root_noise, step_for_sigma
-from hierdiff_core.schedule import BranchSchedule
+from hierdiff_core.schedule import BranchSchedule, plan
+from hierdiff_core.tree import build_tree
 
 from .conditioning import PromptTreeSet, group_model_conds
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
 
 NOISE_MODES = ("shared", "per_root")
+TREE_SOURCES = ("prompt_tree", "first_step")
 
 # Samplers whose default noise is a Brownian tree: a group's tree answers by noise level, so it is
 # kept for the group's whole life; the others draw plain Gaussian noise per call.
@@ -75,7 +78,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     """CFG guider sampling one latent row per prompt with one model evaluation per active group.
 
     ``schedule`` fixes the plan; when it is None the plan is made at sampling time from
-    ``plan_fn(steps)`` (the GUIDER node does not know the step count before it sees the sigmas).
+    ``plan_fn(prompt_set, steps, probe_evaluations)`` (the step count comes with the sigmas, and with
+    ``tree_from="first_step"`` the tree comes from :func:`first_step_tree` on the noise being sampled).
     ``sigmas`` is the whole schedule a trunk/branch run is part of; None means the sigmas given to
     :meth:`sample`.
     """
@@ -93,10 +97,15 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         max_batch: int = 64,
         noise_mode: str = "shared",
         mix: str = "mean",
+        tree_from: str = "prompt_tree",
     ):
         super().__init__(model_patcher)
         if schedule is None and plan_fn is None:
             raise ValueError("HierarchicalGuider needs a schedule or a plan_fn")
+        if tree_from not in TREE_SOURCES:
+            raise ValueError(f"tree_from must be one of {TREE_SOURCES}, got {tree_from!r}")
+        if tree_from == "first_step" and plan_fn is None:
+            raise ValueError("a first-step tree is chosen while sampling: give a plan_fn, not a schedule")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if int(max_batch) < 1:
@@ -108,6 +117,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         self.max_batch = int(max_batch)
         self.noise_mode = noise_mode
         self.mix = mix
+        self.tree_from = tree_from
+        self.negative = negative
         self.count = EvaluationCount()
         self._context = None
         self.set_conds(prompt_set.conditioning, negative)
@@ -129,10 +140,17 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         seed=None,
     ):
         full_sigmas = (self.full_sigmas if self.full_sigmas is not None else sigmas).cpu()
-        if self.plan_fn is not None:
-            self.schedule = self.plan_fn(len(full_sigmas) - 1)
-        schedule = self.schedule
         seed = 0 if seed is None else int(seed)
+        probe = None
+        if self.plan_fn is not None:
+            if self.tree_from == "first_step" and self.n_prompts > 1:
+                self.prompt_set, probe = first_step_tree(
+                    self.model_patcher, self.prompt_set, self.negative, self.cfg, noise, latent_image,
+                    full_sigmas, self.max_batch, denoise_mask, seed,
+                )  # fmt: skip
+            probe_rows = self.n_prompts if probe is not None else 0
+            self.schedule = self.plan_fn(self.prompt_set, len(full_sigmas) - 1, probe_rows)
+        schedule = self.schedule
         n = self.n_prompts
         latent_image = _rows(latent_image, n, "latent")
         # Disabled noise (all zeros: DisableNoise, a branch continuing a trunk) stays disabled.
@@ -142,7 +160,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         if denoise_mask is not None:
             denoise_mask = _rows(denoise_mask, n, "noise mask")
 
-        self.count = EvaluationCount()
+        # What ordinary sampling would cost counts no probe; what this run costs does.
+        self.count = EvaluationCount(hierarchical=0 if probe is None else probe.hierarchical)
         evaluator = GroupedEvaluator(
             schedule,
             self._evaluate,
@@ -203,6 +222,56 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         # ComfyUI sizes memory from the latent batch; the model only ever sees max_batch groups.
         shape = [min(int(noise_shape[0]), self.max_batch), *noise_shape[1:]]
         return executor(model, shape, conds, model_options=model_options)
+
+
+def first_step_tree(
+    model_patcher,
+    prompt_set: PromptTreeSet,
+    negative: list,
+    cfg: float,
+    noise: torch.Tensor,
+    latent_image: torch.Tensor,
+    sigmas: torch.Tensor,
+    max_batch: int,
+    denoise_mask: torch.Tensor | None,
+    seed: int,
+) -> tuple[PromptTreeSet, EvaluationCount]:
+    """The prompt set re-clustered on the model's first-step predictions, and what that cost.
+
+    Every prompt is evaluated once at ``sigmas[0]`` from the run's own starting noise (its first row),
+    with guidance as configured; the (N, C, H, W) predicted clean latents are clustered with Ward linkage
+    over Euclidean distances. Prompts whose predictions agree there are what the model itself draws
+    alike early on, whatever their texts' embeddings say.
+    """
+    probe = HierarchicalGuider(
+        model_patcher,
+        prompt_set,
+        negative,
+        cfg,
+        schedule=plan(prompt_set.tree, 1, tau=0.0),
+        sigmas=sigmas[:2],
+        max_batch=max_batch,
+    )
+    predictions: dict[str, torch.Tensor] = {}
+
+    def keep_prediction(step: int, denoised: torch.Tensor, _x, _total) -> None:
+        predictions["x0"] = denoised
+
+    probe.sample(
+        noise[:1],
+        latent_image,
+        comfy.samplers.sampler_object("euler"),  # exactly one model call per row, at sigmas[0]
+        sigmas[:2],
+        denoise_mask=denoise_mask,
+        callback=keep_prediction,
+        disable_pbar=True,
+        seed=seed,
+    )
+    flat = predictions["x0"].float().cpu().reshape(prompt_set.tree.n_prompts, -1).numpy()
+    tree = build_tree(flat, "ward", "euclidean", prompt_set.prompts)
+    # Only the tree changes: embedding_space still says what the conditioning carries (prior-space sets
+    # bring per-prompt unCLIP rows).
+    return dataclasses.replace(prompt_set, tree=tree), probe.count
 
 
 def _with_model_conds(conds: list[dict] | None, model_conds: dict) -> list[dict] | None:

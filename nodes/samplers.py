@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Hierarchical sampler nodes: all-in-one KSampler, shared trunk + branches, and a GUIDER.
 
-Each node only gathers its inputs, plans, and hands over to :class:`.guider.HierarchicalGuider`.
+Each node only gathers its inputs and hands over to :class:`.guider.HierarchicalGuider`, which plans
+(and, for a first-step tree, chooses the tree) when it sees the run's sigmas and noise.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -19,18 +19,16 @@ from comfy_api.latest import io
 
 from hierdiff_core.engine import CONDITIONING_MIXES
 from hierdiff_core.schedule import BranchSchedule, plan
-from hierdiff_core.tree import build_tree
 
 from .cluster import PromptTree
 from .conditioning import PromptTreeSet, check_token_lengths
-from .guider import NOISE_MODES, EvaluationCount, HierarchicalGuider, measured_line
+from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line
 from .prior import check_tree_matches_model
 from .report import PLAN_KEY, plan_ui
 
 HierLatentType = io.Custom("HIER_LATENT")
 
 BUDGETS = ("target_saving", "tau", "evaluations_per_image")
-TREE_SOURCES = ("prompt_tree", "first_step")
 MAX_STEP = 10000
 
 
@@ -107,12 +105,15 @@ def sampling_inputs() -> list:
     ]
 
 
-def make_plan(
-    prompt_set: PromptTreeSet, steps: int, budget: str, value: float, probe_evaluations: int = 0
-) -> BranchSchedule:
+def planner(budget: str, value: float):
+    """The guider's ``plan_fn`` for a budget; a bad budget is refused here, before any sampling."""
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-    return plan(prompt_set.tree, steps, probe_evaluations=probe_evaluations, **{budget: value})
+
+    def plan_for(prompt_set: PromptTreeSet, steps: int, probe_evaluations: int) -> BranchSchedule:
+        return plan(prompt_set.tree, steps, probe_evaluations=probe_evaluations, **{budget: value})
+
+    return plan_for
 
 
 def tree_input() -> io.Combo.Input:
@@ -126,57 +127,6 @@ def tree_input() -> io.Combo.Input:
         "the model predicts there: prompts that differ in what early steps decide (layout, place) "
         "split early. Costs one evaluation per image, counted in the budget.",
     )
-
-
-def first_step_tree(
-    model,
-    prompt_set: PromptTreeSet,
-    negative,
-    cfg: float,
-    latent: torch.Tensor,
-    sigmas: torch.Tensor,
-    seed: int,
-    max_batch: int,
-    noise_mask: torch.Tensor | None,
-) -> tuple[PromptTreeSet, EvaluationCount]:
-    """The prompt set re-clustered on the model's first-step predictions, and what that cost.
-
-    Every prompt is evaluated once at the first noise level, from the noise its own run starts from
-    (the seed's, shared), with guidance as configured; the (N, C, H, W) predicted clean latents are
-    clustered with Ward linkage over Euclidean distances. Two prompts whose predictions agree at the
-    first step are what the model itself would draw alike early on, whatever their texts' embeddings say.
-    """
-    probe = HierarchicalGuider(
-        model,
-        prompt_set,
-        negative,
-        cfg,
-        schedule=plan(prompt_set.tree, 1, tau=0.0),
-        sigmas=sigmas[:2],
-        max_batch=max_batch,
-        noise_mode="shared",
-        mix="mean",
-    )
-    predictions: dict[str, torch.Tensor] = {}
-
-    def keep_prediction(step: int, denoised: torch.Tensor, _x, _total) -> None:
-        predictions["x0"] = denoised
-
-    probe.sample(
-        comfy.sample.prepare_noise(latent[:1], seed),
-        latent,
-        comfy.samplers.sampler_object("euler"),  # exactly one model call per row at sigmas[0]
-        sigmas[:2],
-        denoise_mask=noise_mask,
-        callback=keep_prediction,
-        disable_pbar=True,
-        seed=seed,
-    )
-    flat = predictions["x0"].float().cpu().reshape(prompt_set.tree.n_prompts, -1).numpy()
-    tree = build_tree(flat, "ward", "euclidean", prompt_set.prompts)
-    # Only the tree changes: embedding_space still says what the conditioning carries (prior-space sets
-    # bring per-prompt unCLIP rows).
-    return dataclasses.replace(prompt_set, tree=tree), probe.count
 
 
 def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
@@ -247,13 +197,9 @@ def run_steps(
     return samples.to(comfy.model_management.intermediate_device())
 
 
-def report(guider: HierarchicalGuider, probe: EvaluationCount | None = None) -> tuple[str, dict]:
-    """The plan JSON (for the plan output) and the UI output the web widget draws, with measured counts
-    (the first-step probe's rows included: ordinary sampling needs no probe)."""
-    count = guider.count
-    if probe is not None:
-        count = dataclasses.replace(count, hierarchical=count.hierarchical + probe.hierarchical)
-    ui = {**plan_ui(guider.schedule), "hierdiff_measured": [measured_line(count)]}
+def report(guider: HierarchicalGuider) -> tuple[str, dict]:
+    """The plan JSON (for the plan output) and the UI output the web widget draws, with measured counts."""
+    ui = {**plan_ui(guider.schedule), "hierdiff_measured": [measured_line(guider.count)]}
     return ui[PLAN_KEY][0], ui
 
 
@@ -285,37 +231,28 @@ def sample_trunk(
 ) -> tuple[HierLatent, str, dict]:
     """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default)."""
     latent = check_inputs(model, prompt_tree, latent_image)
-    if tree_from not in TREE_SOURCES:
-        raise ValueError(f"tree_from must be one of {TREE_SOURCES}, got {tree_from!r}")
     sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
-    probe = None
-    if tree_from == "first_step" and prompt_tree.tree.n_prompts > 1:
-        prompt_tree, probe = first_step_tree(
-            model, prompt_tree, negative, cfg, latent, sigmas, seed, max_batch, latent_image.get("noise_mask")
-        )
-    probe_rows = prompt_tree.tree.n_prompts if probe is not None else 0
-    schedule = make_plan(prompt_tree, len(sigmas) - 1, budget, budget_value, probe_rows)
-    end = _end_step(end_at_step, schedule.steps, 0)
+    end = _end_step(end_at_step, len(sigmas) - 1, 0)
     guider = HierarchicalGuider(
         model,
         prompt_tree,
         negative,
         cfg,
-        schedule=schedule,
+        plan_fn=planner(budget, budget_value),
         sigmas=sigmas,
         max_batch=max_batch,
         noise_mode=noise_mode,
         mix=conditioning_mix,
+        tree_from=tree_from,
     )
     samples = run_steps(
         model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
     )
-    plan_json, ui = report(guider, probe)
-    return (
-        HierLatent(samples, prompt_tree, schedule, sigmas, end, seed, max_batch, conditioning_mix),
-        plan_json,
-        ui,
-    )
+    plan_json, ui = report(guider)
+    # The guider planned while sampling (and chose the tree, for a first-step tree): keep what it used.
+    prompt_set, schedule = guider.prompt_set, guider.schedule
+    hier = HierLatent(samples, prompt_set, schedule, sigmas, end, seed, max_batch, conditioning_mix)
+    return hier, plan_json, ui
 
 
 def trunk_inputs(*, end_at_step: bool) -> list:
@@ -457,28 +394,27 @@ class HierGuider(io.ComfyNode):
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 *budget_inputs(),
                 *engine_inputs(),
+                tree_input(),
             ],
             outputs=[io.Guider.Output()],
         )
 
     @classmethod
     def execute(
-        cls, model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix
-    ) -> io.NodeOutput:
+        cls, model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
+        tree_from="prompt_tree",
+    ) -> io.NodeOutput:  # fmt: skip
         check_prompt_tree(model, prompt_tree)
-
-        def plan_for(steps: int) -> BranchSchedule:
-            return make_plan(prompt_tree, steps, budget, budget_value)
-
         guider = HierarchicalGuider(
             model,
             prompt_tree,
             negative,
             cfg,
-            plan_fn=plan_for,
+            plan_fn=planner(budget, budget_value),
             max_batch=max_batch,
             noise_mode=noise_mode,
             mix=conditioning_mix,
+            tree_from=tree_from,
         )
         return io.NodeOutput(guider)
 

@@ -296,21 +296,22 @@ def test_per_root_noise_gives_each_root_group_its_own_start(comfy):
     assert torch.equal(per_root, again)
 
 
-def test_guider_with_sampler_custom_advanced_equals_hierarchical_ksampler(comfy):
+@pytest.mark.parametrize("tree_from", ["prompt_tree", "first_step"])
+def test_guider_with_sampler_custom_advanced_equals_hierarchical_ksampler(comfy, tree_from):
     tree = prompt_tree(comfy, SET_WITH_SPLITS)
     classes = comfy.classes
-    guider = (
-        classes["HierGuider"]
-        .execute(comfy.model, tree, comfy.negative, 7.0, "target_saving", 0.5, 64, "shared", "mean")
-        .args[0]
-    )
+    node = classes["HierGuider"]
+    guider = node.execute(
+        comfy.model, tree, comfy.negative, 7.0, "target_saving", 0.3, 64, "shared", "mean", tree_from
+    ).args[0]
     sampler = classes["KSamplerSelect"].execute("euler").args[0]
     sigmas = classes["BasicScheduler"].execute(comfy.model, "normal", STEPS, 1.0).args[0]
     noise = classes["RandomNoise"].execute(SEED).args[0]
     custom = classes["SamplerCustomAdvanced"].execute(noise, guider, sampler, sigmas, LATENT).args[0]
-    ksampler = hier_ksampler(comfy, tree, budget="target_saving", value=0.5).args[0]
+    ksampler = hier_ksampler(comfy, tree, budget="target_saving", value=0.3, tree_from=tree_from).args[0]
     assert custom["samples"].shape == ksampler["samples"].shape
     assert_close(custom["samples"], ksampler["samples"], "guider against HierKSampler")
+    assert guider.schedule.probe_evaluations == (len(SET_WITH_SPLITS) if tree_from == "first_step" else 0)
 
 
 def test_model_patches_from_upstream_are_honoured(comfy):
