@@ -76,7 +76,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     unet_steps: int = 5000
     unet_batch: int = 128
-    unet_lr: float = 5e-4
+    unet_lr: float = 1e-3
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     log_every: int = 250
