@@ -167,6 +167,11 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
         for name, parameter in model.diffusion_model.named_parameters():
             if parameter.ndim == 1 and name.endswith("scale"):
                 parameter.fill_(1.0)
+        # Buffers a checkpoint carries (SD3's fixed position table) are allocated empty by ComfyUI:
+        # uninitialised memory, now and then NaN. Draw them too.
+        for buffer in model.diffusion_model.buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(torch.randn(buffer.shape, generator=generator, dtype=torch.float32))
     return comfy.model_patcher.ModelPatcher(
         model,
         load_device=comfy.model_management.get_torch_device(),
