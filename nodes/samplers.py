@@ -116,6 +116,36 @@ def planner(budget: str, value: float):
     return plan_for
 
 
+def planning_guider(
+    model,
+    prompt_tree: PromptTreeSet,
+    negative,
+    cfg: float,
+    budget: str,
+    budget_value: float,
+    max_batch: int,
+    noise_mode: str,
+    mix: str,
+    tree_from: str,
+    sigmas: torch.Tensor | None = None,
+) -> HierarchicalGuider:
+    """The guider every planning node hands over to: it plans for the budget (and, for a first-step
+    tree, chooses the tree) when it sees the run's sigmas and noise. ``sigmas``: the whole run's, when
+    the guider samples only part of it (a trunk)."""
+    return HierarchicalGuider(
+        model,
+        prompt_tree,
+        negative,
+        cfg,
+        plan_fn=planner(budget, budget_value),
+        sigmas=sigmas,
+        max_batch=max_batch,
+        noise_mode=noise_mode,
+        mix=mix,
+        tree_from=tree_from,
+    )
+
+
 def tree_input() -> io.Combo.Input:
     return io.Combo.Input(
         "tree_from",
@@ -233,18 +263,10 @@ def sample_trunk(
     latent = check_inputs(model, prompt_tree, latent_image)
     sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
     end = _end_step(end_at_step, len(sigmas) - 1, 0)
-    guider = HierarchicalGuider(
-        model,
-        prompt_tree,
-        negative,
-        cfg,
-        plan_fn=planner(budget, budget_value),
-        sigmas=sigmas,
-        max_batch=max_batch,
-        noise_mode=noise_mode,
-        mix=conditioning_mix,
-        tree_from=tree_from,
-    )
+    guider = planning_guider(
+        model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
+        tree_from, sigmas,
+    )  # fmt: skip
     samples = run_steps(
         model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
     )
@@ -405,17 +427,10 @@ class HierGuider(io.ComfyNode):
         tree_from="prompt_tree",
     ) -> io.NodeOutput:  # fmt: skip
         check_prompt_tree(model, prompt_tree)
-        guider = HierarchicalGuider(
-            model,
-            prompt_tree,
-            negative,
-            cfg,
-            plan_fn=planner(budget, budget_value),
-            max_batch=max_batch,
-            noise_mode=noise_mode,
-            mix=conditioning_mix,
-            tree_from=tree_from,
-        )
+        guider = planning_guider(
+            model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
+            tree_from,
+        )  # fmt: skip
         return io.NodeOutput(guider)
 
 
