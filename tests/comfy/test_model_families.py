@@ -101,6 +101,31 @@ def recording(model):
     return patched, calls
 
 
+SHARING_STEPS = 6
+
+
+def run_sharing_half(comfy, model, prompt_set, family: str, calls: list[dict]):
+    """HierKSampler over SET_WITH_SPLITS at a 50 % target saving (cfg 5, SHARING_STEPS steps) on a
+    ``recording`` model; checks that the first step shares and the rows are the plan's; returns the plan."""
+    from hierdiff_core.schedule import BranchSchedule
+
+    out = hier_ksampler(
+        comfy,
+        model,
+        prompt_set,
+        comfy.tiny.conditioning(family, 100),
+        comfy.tiny.empty_latent(family),
+        cfg=5.0,
+        budget="target_saving",
+        value=0.5,
+        steps=SHARING_STEPS,
+    )
+    schedule = BranchSchedule.from_json(out.args[1])
+    assert schedule.evaluations_per_step[0] < len(SET_WITH_SPLITS), "the first step should share"
+    assert sum(call["rows"] for call in calls) == 2 * schedule.model_evaluations
+    return schedule
+
+
 def positive_rows(call: dict, key: str) -> torch.Tensor:
     """The rows of model input ``key`` that belong to the call's conditional chunk."""
     size = call["rows"] // len(call["chunks"])
@@ -138,24 +163,8 @@ def test_sdxl_groups_evaluate_the_adm_of_their_mean_pooled_output(comfy):
     per_prompt = [comfy.tiny.conditioning(family, seed) for seed in range(len(SET_WITH_SPLITS))]
     prompt_set = text_prompt_set(comfy, family, per_prompt, SET_WITH_SPLITS)
     model, calls = recording(comfy.tiny.build_model(family))
-    steps = 6
-    out = hier_ksampler(
-        comfy,
-        model,
-        prompt_set,
-        comfy.tiny.conditioning(family, 100),
-        comfy.tiny.empty_latent(family),
-        cfg=5.0,
-        budget="target_saving",
-        value=0.5,
-        steps=steps,
-    )
-    from hierdiff_core.schedule import BranchSchedule
-
-    schedule = BranchSchedule.from_json(out.args[1])
-    assert schedule.evaluations_per_step[0] < len(SET_WITH_SPLITS), "the first step should share"
-    assert len(calls) == steps  # euler: one model call per step, every group in one batch
-    assert sum(call["rows"] for call in calls) == 2 * schedule.model_evaluations
+    schedule = run_sharing_half(comfy, model, prompt_set, family, calls)
+    assert len(calls) == SHARING_STEPS  # euler: one model call per step, every group in one batch
     pooled = prompt_set.conditioning[0][1]["pooled_output"]
     size_extras = comfy.tiny.FAMILIES[family].extras
     for step, call in enumerate(calls):
@@ -255,23 +264,7 @@ def test_unclip_groups_evaluate_the_adm_of_their_mean_image_embedding(comfy, unc
 
     model, _, prompt_set = unclip
     model, calls = recording(model)
-    steps = 6
-    out = hier_ksampler(
-        comfy,
-        model,
-        prompt_set,
-        comfy.tiny.conditioning("sd21_unclip", 100),
-        comfy.tiny.empty_latent("sd21_unclip"),
-        cfg=5.0,
-        budget="target_saving",
-        value=0.5,
-        steps=steps,
-    )
-    from hierdiff_core.schedule import BranchSchedule
-
-    schedule = BranchSchedule.from_json(out.args[1])
-    assert schedule.evaluations_per_step[0] < len(SET_WITH_SPLITS), "the first step should share"
-    assert sum(call["rows"] for call in calls) == 2 * schedule.model_evaluations
+    schedule = run_sharing_half(comfy, model, prompt_set, "sd21_unclip", calls)
     image_embeds = prompt_set.conditioning[0][1]["hier_prior_image_embeds"]
     augmentor = model.model.noise_augmentor
     for step, call in enumerate(calls):
