@@ -27,10 +27,18 @@ PLAN_VERSION = 1
 BUDGET_MODES = ("tau", "target_saving", "evaluations_per_image")
 
 
+def _check_whole(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return int(steps)
+    return _check_whole(steps, "steps", 1)
+
+
+def _check_probe(count: Any) -> int:
+    return _check_whole(count, "probe evaluations", 0)
 
 
 def _check_tau(tau: Any) -> float:
@@ -298,12 +306,6 @@ class BranchSchedule:
         except json.JSONDecodeError as exc:
             raise ValueError(f"plan is not valid JSON: {exc}") from None
         return cls.from_dict(data)
-
-
-def _check_probe(count: int) -> int:
-    if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
-        raise ValueError(f"probe evaluations must be a whole number >= 0, got {count!r}")
-    return int(count)
 
 
 def check_budget(
