@@ -297,6 +297,13 @@ def encode_images(vae, images: np.ndarray, device: torch.device, batch: int = 25
 
 
 @torch.no_grad()
+def decode_images(vae, latents: torch.Tensor) -> np.ndarray:
+    """(N, 4, h, w) latents (unscaled, as :func:`encode_images` gives) -> (N, 8h, 8w, 3) uint8 pictures."""
+    pixels = vae.decoder(vae.post_quant_conv(latents))
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
 def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Fold a per-channel shift and scale into the VAE's quant convs so that latents times SD1.5's
     0.18215 have zero mean and unit variance per channel (the scale the sampler's noise assumes).
@@ -321,10 +328,7 @@ def reconstruction_acceptance(vae, seed: int, device: torch.device, count: int =
     """Checker acceptance of the VAE's reconstructions of ``count`` images drawn with another seed than
     the training set's: the ceiling of what the UNet can reach through this VAE."""
     images, captions, _scenes = synthetic.dataset(seed + 1, count)
-    latents = encode_images(vae, images, device)
-    pixels = vae.decoder(vae.post_quant_conv(latents))
-    decoded = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return acceptance(decoded, captions)
+    return acceptance(decode_images(vae, encode_images(vae, images, device)), captions)
 
 
 def alphas_cumprod(device: torch.device) -> torch.Tensor:
@@ -444,8 +448,7 @@ def sample_ddim(
         a_next = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=device)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-    pixels = vae.decoder(vae.post_quant_conv(x / SD15_LATENT_SCALE))
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return decode_images(vae, x / SD15_LATENT_SCALE)
 
 
 def acceptance(images: np.ndarray, captions: list[str]) -> dict[str, float]:
