@@ -1,7 +1,8 @@
 """The ``hierdiff`` command line.
 
-Subcommands are registered in :data:`_COMMANDS` as ``name -> (add_arguments, run)``; a new one
-(``hierdiff generate``) adds its pair there. Bad input prints one line
+Subcommands are registered in :data:`_COMMANDS` as ``name -> (help, add_arguments, run)``.
+``hierdiff generate`` lives in ``hierdiff_diffusers`` and is imported only when its parser is built
+(that module loads diffusers only when it runs). Bad input prints one line
 ``hierdiff: error: ...`` on stderr and exits with code 2; files are written only when
 everything succeeded, through a temporary file renamed into place.
 """
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .generate import GENERATE_HELP, add_generate_arguments, run_generate
+from .schedule import Budget
 from .tree import METHODS
+
+GENERATE_HELP = "generate one image per prompt with Kandinsky 2.2 (prior + decoder), sharing steps; resumable"
 
 
 class CommandError(Exception):
@@ -98,9 +101,10 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .embed import encode_prompts, read_prompts
+    from .embed import encode_prompts
+    from .prompts import read_prompts
     from .report import render_dendrogram, savings_table, summary_line
-    from .schedule import check_budget, plan
+    from .schedule import plan
     from .tree import build_tree, check_metric
 
     out_png = None
@@ -111,16 +115,15 @@ def _run_plan(args: argparse.Namespace) -> int:
         if out_png.suffix.lower() != ".png":
             raise ValueError(f"dendrogram file {args.dendrogram!r} must end in .png")
     prompts = read_prompts(args.prompts)
-    budget = {"tau": args.tau, "target_saving": args.target_saving,
-              "evaluations_per_image": args.evaluations_per_image}
-    check_budget(args.steps, **budget)  # bad input is rejected before the encoder's slow start
+    # Bad input is rejected before the encoder's slow start.
+    budget = Budget.from_options(args.tau, args.target_saving, args.evaluations_per_image).check(args.steps)
     check_metric(args.metric)
     if args.embeddings is not None:
         embeddings = _load_embeddings(args.embeddings, prompts)
     else:
         embeddings = encode_prompts(prompts)
     tree = build_tree(embeddings, method=args.linkage, metric=args.metric, prompts=prompts)
-    schedule = plan(tree, args.steps, **budget)
+    schedule = plan(tree, args.steps, budget)
 
     if out_png is not None:
         image = render_dendrogram(schedule)
@@ -141,10 +144,22 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _budget_text(budget: tuple[str, float] | None) -> str:
-    if budget is None or budget[0] == "tau":
+def _budget_text(budget: Budget | None) -> str:
+    if budget is None or budget.mode == "tau":
         return "given"
-    return f"smallest tau meeting {budget[0].replace('_', ' ')} {budget[1]:g}"
+    return f"smallest tau meeting {budget.describe()}"
+
+
+def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    from hierdiff_diffusers.generate import add_generate_arguments
+
+    add_generate_arguments(parser)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from hierdiff_diffusers.generate import run_generate
+
+    return run_generate(args)
 
 
 _Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -154,7 +169,7 @@ _COMMANDS: dict[str, _Command] = {
         _add_plan_arguments,
         _run_plan,
     ),
-    "generate": (GENERATE_HELP, add_generate_arguments, run_generate),
+    "generate": (GENERATE_HELP, _add_generate_arguments, _run_generate),
 }
 """Subcommands: name -> (help, add_arguments(parser), run(args) -> exit code)."""
 

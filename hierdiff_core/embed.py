@@ -1,4 +1,4 @@
-"""Prompts to vectors: reading prompt files, the packaged offline sentence encoder, validation.
+"""Prompts to vectors: the packaged offline sentence encoder, validation (prompt files: :mod:`.prompts`).
 
 Any (N, D) float array in prompt order can stand in for the encoder; :func:`validate_embeddings`
 is what every path goes through before clustering.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -16,33 +15,6 @@ EMBEDDING_DIM = 384
 """Width of the packaged encoder's vectors (all-MiniLM-L6-v2)."""
 
 _MODEL_CACHE: dict[str, object] = {}
-
-
-def read_prompts(path: str | os.PathLike[str]) -> list[str]:
-    """Read one prompt per line from a UTF-8 text file.
-
-    Lines are stripped; blank lines are ignored. Duplicate prompts are kept (they share every
-    step of a plan). Raises ``ValueError`` with a one-line message for a missing, unreadable,
-    non-UTF-8 or empty file.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"prompt file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise ValueError(f"prompt file {str(p)!r} is a directory")
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"prompt file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"prompt file {str(p)!r} is not UTF-8 (bad byte at offset {exc.start})") from None
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = [line for line in prompts if line]
-    if not prompts:
-        raise ValueError(f"prompt file {str(p)!r} holds no prompts (empty or only blank lines)")
-    return prompts
 
 
 def _load_encoder(device: str):

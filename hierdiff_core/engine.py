@@ -7,6 +7,10 @@ the group's mixed conditioning; the result is written back to every member. Ever
 sampler does between model calls stays element-wise on the N rows, which is why any sampler
 (multistep history, ancestral noise, ...) keeps working unchanged.
 
+Randomness is per group, in one implementation for every host (:class:`GroupSources`): a group's
+sources are seeded from the run's seed and the group's path in the tree, so members draw identical
+noise, siblings distinct noise after a split, and nothing depends on batching.
+
 This module never imports ComfyUI or diffusers: callers hand in an ``evaluate`` function.
 """
 
@@ -14,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 import torch
 
-from .schedule import BranchSchedule
+from .schedule import Plan
 from .tree import PromptTree
 
 ConditioningMix = Literal["mean", "medoid"]
@@ -93,10 +97,10 @@ class GroupConditioner:
     so the cache never holds more rows than the conditioning itself.
     """
 
-    def __init__(self, schedule: BranchSchedule, mix: ConditioningMix = "mean"):
+    def __init__(self, plan: Plan, mix: ConditioningMix = "mean"):
         if mix not in CONDITIONING_MIXES:
             raise ValueError(f"conditioning mix must be one of {CONDITIONING_MIXES}, got {mix!r}")
-        self.schedule = schedule
+        self.plan = plan
         self.mix = mix
         self._cache: dict[tuple[int, int], torch.Tensor] = {}
         self._cached_step = -1
@@ -104,10 +108,10 @@ class GroupConditioner:
     def rows_for(self, step: int, nodes: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
         """rows: (N, ...) per-prompt conditioning -> (len(nodes), ...) mixed per group."""
         if step != self._cached_step:
-            active = set(int(n) for n in self.schedule.active_groups(step))
+            active = set(self.plan.groups(step).nodes.tolist())
             self._cache = {key: v for key, v in self._cache.items() if key[1] in active}
             self._cached_step = step
-        tree = self.schedule.tree
+        tree = self.plan.tree
         out = []
         for node in nodes:
             node = int(node)
@@ -126,44 +130,43 @@ class GroupConditioner:
 class GroupedEvaluator:
     """Evaluates a model once per active group and scatters the result to every member row.
 
-    ``evaluate(x_g, *row_args_g, nodes)`` receives the representative rows (G', ...) of at most
-    ``max_batch`` groups, the matching rows of each per-row argument, and the groups' node ids;
-    it returns a tensor (G', ...) or a sequence of such tensors. ``before_batch`` runs before each
+    ``evaluate(step, x_g, *row_args_g, nodes)`` receives the step, the representative rows (G', ...)
+    of at most ``max_batch`` groups, the matching rows of each per-row argument, and the groups' node
+    ids; it returns a tensor (G', ...) or a sequence of such tensors. ``before_batch`` runs before each
     model batch (ComfyUI wires its cancel check there).
     """
 
     def __init__(
         self,
-        schedule: BranchSchedule,
+        plan: Plan,
         evaluate: Callable[..., Outputs],
         max_batch: int = 64,
         before_batch: Callable[[], None] | None = None,
     ):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.schedule = schedule
+        self.plan = plan
         self.evaluate = evaluate
         self.max_batch = int(max_batch)
         self.before_batch = before_batch
         self.evaluations = 0
-        self._step_cache: dict[int, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
+        self._on_device: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
-    def _groups(self, step: int, device: torch.device) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """(nodes (G,), representative row of each group (G,), group index of each row (N,))."""
-        if step not in self._step_cache:
-            nodes = np.asarray(self.schedule.active_groups(step))
-            tree = self.schedule.tree
-            representatives = torch.as_tensor([int(tree.members(int(n))[0]) for n in nodes], dtype=torch.long)
-            row_group = torch.as_tensor(np.asarray(self.schedule.group_index(step)), dtype=torch.long)
-            self._step_cache = {step: (nodes, representatives, row_group)}
-        nodes, representatives, row_group = self._step_cache[step]
-        return nodes, representatives.to(device), row_group.to(device)
+    def _indices(self, step: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's representative rows (G,) and row -> group index (N,) as tensors on ``device``."""
+        if self._on_device is None or self._on_device[:2] != (step, device):
+            groups = self.plan.groups(step)
+            representatives = torch.tensor(groups.representatives, dtype=torch.long, device=device)
+            row_group = torch.tensor(groups.row_group, dtype=torch.long, device=device)
+            self._on_device = (step, device, representatives, row_group)
+        return self._on_device[2], self._on_device[3]
 
     def __call__(self, step: int, x: torch.Tensor, *row_args: torch.Tensor) -> Outputs:
         """x: (N, ...) latent rows; row_args: (N, ...) each. Returns ``evaluate``'s result with N rows."""
-        if x.shape[0] != self.schedule.tree.n_prompts:
-            raise ValueError(f"expected {self.schedule.tree.n_prompts} latent rows, got {x.shape[0]}")
-        nodes, representatives, row_group = self._groups(step, x.device)
+        if x.shape[0] != self.plan.tree.n_prompts:
+            raise ValueError(f"expected {self.plan.tree.n_prompts} latent rows, got {x.shape[0]}")
+        nodes = self.plan.groups(step).nodes
+        representatives, row_group = self._indices(step, x.device)
         chunks: list[Outputs] = []
         for start in range(0, len(nodes), self.max_batch):
             if self.before_batch is not None:
@@ -171,7 +174,7 @@ class GroupedEvaluator:
             rows = representatives[start : start + self.max_batch]
             args = [a.index_select(0, rows.to(a.device)) if a.ndim > 0 else a for a in row_args]
             chunks.append(
-                self.evaluate(x.index_select(0, rows), *args, nodes[start : start + self.max_batch])
+                self.evaluate(step, x.index_select(0, rows), *args, nodes[start : start + self.max_batch])
             )
             self.evaluations += len(rows)
         if isinstance(chunks[0], torch.Tensor):
@@ -180,70 +183,135 @@ class GroupedEvaluator:
         return [torch.cat(parts).index_select(0, row_group.to(parts[0].device)) for parts in outputs]
 
 
-class GroupNoise:
-    """Per-step noise identical within a group and distinct across groups.
+def scatter_groups(plan: Plan, step: int, per_group: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-group rows (each (1, ...), ordered like ``plan.groups(step).nodes``) -> (N, ...) member rows."""
+    row_group = torch.tensor(plan.groups(step).row_group, dtype=torch.long)
+    return torch.cat(list(per_group)).index_select(0, row_group.to(per_group[0].device))
 
-    ``make_source(seed, like)`` builds a noise source for one group, where ``like`` is one latent
-    row (1, ...) and the source is called as ``source(sigma, sigma_next) -> (1, ...)``. Seeds come
-    from :func:`group_seed`, so results never depend on batching. ``sigmas`` is the whole run's
-    (K + 1,) schedule, which places each call in its step. With ``per_call`` (plain Gaussian
-    sources) a fresh source is seeded for every (group, step, call within the step), so a run
-    resumed at a later step draws exactly what an uninterrupted run would; without it each group
-    keeps one source (a Brownian tree answers by noise level, not by call order).
-    Called like a k-diffusion noise sampler: ``noise(sigma, sigma_next) -> (N, ...)``.
+
+Source = TypeVar("Source")
+
+
+class GroupSources(Generic[Source]):
+    """Per-group random sources: the one implementation of hierarchical randomness.
+
+    ``make_source(seed)`` builds one group's source (a torch.Generator, a k-diffusion noise sampler,
+    ...). Seeds come from :func:`group_seed`, so a group's draws never depend on batching or on other
+    groups. With ``per_call`` a fresh source is seeded for every (group, step, call within the step),
+    so a run resumed at a later step draws exactly what an uninterrupted run would; without it each
+    group keeps one source from the step it becomes active until it splits (a Brownian tree answers
+    by noise level; a generator continues where it stopped), and :meth:`keep` records sources that
+    advanced outside (generators copied per row).
     """
 
     def __init__(
         self,
-        schedule: BranchSchedule,
-        sigmas: torch.Tensor,
+        plan: Plan,
         seed: int,
-        like: torch.Tensor,
-        make_source: Callable[[int, torch.Tensor], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+        make_source: Callable[[int], Source],
         per_call: bool,
+        kept: dict[int, Source] | None = None,
     ):
-        self.schedule = schedule
-        self.sigmas = sigmas
+        self.plan = plan
         self.seed = int(seed)
-        self.like = like[:1]
         self.make_source = make_source
         self.per_call = per_call
-        self._sources: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+        self.kept: dict[int, Source] = dict(kept or {})
         self._step = -1
         self._call_in_step = 0
 
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        step = step_for_sigma(self.sigmas, float(sigma))
+    def for_step(self, step: int) -> list[Source]:
+        """One source per group active at ``step``, ordered like ``plan.groups(step).nodes``."""
         self._call_in_step = self._call_in_step + 1 if step == self._step else 0
         self._step = step
-        nodes = self.schedule.active_groups(step)
-        tree = self.schedule.tree
-        per_group = []
+        nodes = self.plan.groups(step).nodes.tolist()
+        tree = self.plan.tree
         if self.per_call:
-            for node in nodes:
-                seed = _stable_seed(group_seed(self.seed, tree, int(node)), step, self._call_in_step)
-                per_group.append(self.make_source(seed, self.like)(sigma, sigma_next))
-        else:
-            active = set(int(n) for n in nodes)
-            self._sources = {n: s for n, s in self._sources.items() if n in active}
-            for node in nodes:
-                node = int(node)
-                if node not in self._sources:
-                    self._sources[node] = self.make_source(group_seed(self.seed, tree, node), self.like)
-                per_group.append(self._sources[node](sigma, sigma_next))
-        row_group = torch.as_tensor(np.asarray(self.schedule.group_index(step)), dtype=torch.long)
-        return torch.cat(per_group).index_select(0, row_group.to(per_group[0].device))
+            return [
+                self.make_source(_stable_seed(group_seed(self.seed, tree, node), step, self._call_in_step))
+                for node in nodes
+            ]
+        kept = {}
+        for node in nodes:
+            fresh = node not in self.kept
+            kept[node] = self.make_source(group_seed(self.seed, tree, node)) if fresh else self.kept[node]
+        self.kept = kept
+        return [kept[node] for node in nodes]
+
+    def keep(self, step: int, sources: Sequence[Source]) -> None:
+        """Record the sources of the groups active at ``step`` (ordered like their nodes)."""
+        self.kept = dict(zip(self.plan.groups(step).nodes.tolist(), sources, strict=True))
 
 
-def root_noise(schedule: BranchSchedule, seed: int, like: torch.Tensor) -> torch.Tensor:
+class GroupNoise:
+    """Per-step noise identical within a group and distinct across groups, for k-diffusion samplers.
+
+    ``make_source(seed)`` builds one group's noise source, called as ``source(sigma, sigma_next) ->
+    (1, ...)``; ``sigmas`` is the whole run's (K + 1,) schedule, which places each call in its step.
+    Called like a k-diffusion noise sampler: ``noise(sigma, sigma_next) -> (N, ...)``. See
+    :class:`GroupSources` for ``per_call``.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        sigmas: torch.Tensor,
+        seed: int,
+        make_source: Callable[[int], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+        per_call: bool,
+    ):
+        self.plan = plan
+        self.sigmas = sigmas
+        self.sources = GroupSources(plan, seed, make_source, per_call)
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        step = step_for_sigma(self.sigmas, float(sigma))
+        return scatter_groups(self.plan, step, [s(sigma, sigma_next) for s in self.sources.for_step(step)])
+
+
+class GroupGenerators:
+    """A torch.Generator per group, for schedulers that draw their own noise from per-row generators
+    (diffusers' ``scheduler.step(..., generator=[one per row])``).
+
+    :meth:`rows` hands out one generator per row, each a copy of its group's, so members draw
+    identical noise; :meth:`advance` keeps the representatives' advanced states. :meth:`states` and
+    the ``states`` argument make a run resumable bit for bit.
+    """
+
+    def __init__(self, plan: Plan, seed: int, states: dict[int, torch.Tensor] | None = None):
+        self.plan = plan
+        kept = {int(node): _generator_from_state(state) for node, state in (states or {}).items()}
+        self.sources = GroupSources(plan, seed, _seeded_generator, per_call=False, kept=kept)
+
+    def rows(self, step: int) -> list[torch.Generator]:
+        """(N,) generators for the rows at ``step``."""
+        per_group = [g.get_state() for g in self.sources.for_step(step)]
+        return [_generator_from_state(per_group[g]) for g in self.plan.groups(step).row_group.tolist()]
+
+    def advance(self, step: int, rows: Sequence[torch.Generator]) -> None:
+        """Keep the states the rows' generators reached (a representative's stands for its group)."""
+        self.sources.keep(step, [rows[r] for r in self.plan.groups(step).representatives.tolist()])
+
+    def states(self) -> dict[int, torch.Tensor]:
+        """{node: generator state} of the groups kept now."""
+        return {node: g.get_state() for node, g in self.sources.kept.items()}
+
+
+def _seeded_generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _generator_from_state(state: torch.Tensor) -> torch.Generator:
+    generator = torch.Generator(device="cpu")
+    generator.set_state(state)
+    return generator
+
+
+def root_noise(plan: Plan, seed: int, like: torch.Tensor) -> torch.Tensor:
     """Starting noise with one independent draw per group active at the first step.
 
     like: (1, ...) one latent row (its shape and dtype). Returns (N, ...) on the CPU.
     """
-    nodes = schedule.active_groups(0)
-    draws = []
-    for node in nodes:
-        generator = torch.Generator(device="cpu").manual_seed(group_seed(seed, schedule.tree, int(node)))
-        draws.append(torch.randn(like.shape, dtype=like.dtype, generator=generator, device="cpu"))
-    row_group = torch.as_tensor(np.asarray(schedule.group_index(0)), dtype=torch.long)
-    return torch.cat(draws).index_select(0, row_group)
+    generators = GroupSources(plan, seed, _seeded_generator, per_call=False).for_step(0)
+    draws = [torch.randn(like.shape, dtype=like.dtype, generator=g, device="cpu") for g in generators]
+    return scatter_groups(plan, 0, draws)

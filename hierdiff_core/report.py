@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .schedule import BranchSchedule
+from .schedule import Plan
 
 _BACKGROUND = (255, 255, 255)
 _INK = (33, 37, 41)
@@ -22,7 +22,7 @@ _BAND_EDGE = (49, 130, 189)
 _CONNECTOR = (8, 69, 148)
 
 
-def summary_line(schedule: BranchSchedule) -> str:
+def summary_line(schedule: Plan) -> str:
     """'N images, E model evaluations instead of K x N, X % saved'."""
     n, k = schedule.tree.n_prompts, schedule.steps
     return (
@@ -46,13 +46,13 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: float) -> s
 
 
 def render_dendrogram(
-    schedule: BranchSchedule, width: int = 1200, height: int | None = None, font_size: int = 12
+    schedule: Plan, width: int = 1200, height: int | None = None, font_size: int = 12
 ) -> Image.Image:
     """Draw the plan's hierarchy against the step axis.
 
     Parameters
     ----------
-    schedule : BranchSchedule
+    schedule : Plan
     width : int
         Image width in pixels (>= 200).
     height : int, optional
@@ -146,7 +146,7 @@ def render_dendrogram(
     return image
 
 
-def savings_table(schedule: BranchSchedule) -> str:
+def savings_table(schedule: Plan) -> str:
     """Plain-text table of model evaluations per step (runs of equal counts folded) and totals."""
     counts = schedule.evaluations_per_step.tolist()
     thr = schedule.thresholds.tolist()

@@ -1,4 +1,4 @@
-"""Branch schedules: which groups of prompts share a model evaluation at each sampling step.
+"""Plans: which groups of prompts share a model evaluation at each sampling step, and budgets.
 
 For K steps the threshold falls linearly from tau (step 0) to 0 (step K-1),
 ``thresholds(K, tau) = numpy.linspace(0, tau, K)[::-1]`` as in the published code. At step k
@@ -6,7 +6,12 @@ the active groups are the clusters of the tree cut at ``thr[k]`` with scipy's
 ``fcluster(Z, thr[k], criterion="distance")`` semantics: node n (leaf or merge) with effective
 height h_n and parent height h_p (inf for the root) is active at step k iff
 ``h_n <= thr[k] < h_p``. Each active group costs one model evaluation per step (two with
-classifier-free guidance: see :meth:`BranchSchedule.accounting`).
+classifier-free guidance: see :meth:`Plan.accounting`).
+
+:class:`Plan` is the one owner of the group bookkeeping every host needs at a step (the active
+groups, a representative row per group, the row -> group index: :meth:`Plan.groups`), and
+:class:`Budget` the one owner of what a user asks for (tau, a target saving, or evaluations per
+image), validated once.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .tree import PromptTree, merges_from_list, merges_to_list
 
 PLAN_FORMAT = "hierdiff.plan"
 PLAN_VERSION = 1
-BUDGET_MODES = ("tau", "target_saving", "evaluations_per_image")
+BUDGET_MODES = ("target_saving", "tau", "evaluations_per_image")
 
 
 def _check_whole(value: Any, name: str, minimum: int) -> int:
@@ -47,6 +52,69 @@ def _check_tau(tau: Any) -> float:
     return float(tau)
 
 
+class Budget(tuple):
+    """What a user asks a plan for: ``Budget(mode, value)``, a validated ``(mode, value)`` pair.
+
+    mode is one of :data:`BUDGET_MODES`: "tau" (the threshold at step 0, >= 0, used as given),
+    "target_saving" (fraction of model evaluations saved, in [0, 1)) or "evaluations_per_image"
+    (average model evaluations per image, in [1, K] for K steps: :meth:`check`).
+    Compares equal to the plain tuple ``(mode, value)``. ValueError (one line) on bad input.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, mode: str, value: float) -> Budget:
+        if mode not in BUDGET_MODES:
+            raise ValueError(f"budget must be one of {', '.join(BUDGET_MODES)}, got {mode!r}")
+        valid = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+        if mode == "tau":
+            value = _check_tau(value)
+        elif mode == "target_saving" and not (valid and 0.0 <= value < 1.0):
+            raise ValueError(f"target saving must be in [0, 1), got {value!r}")
+        elif mode == "evaluations_per_image" and not valid:
+            raise ValueError(f"evaluations per image must be a finite number, got {value!r}")
+        return super().__new__(cls, (str(mode), float(value)))
+
+    @property
+    def mode(self) -> str:
+        return self[0]
+
+    @property
+    def value(self) -> float:
+        return self[1]
+
+    @classmethod
+    def from_options(
+        cls,
+        tau: float | None = None,
+        target_saving: float | None = None,
+        evaluations_per_image: float | None = None,
+    ) -> Budget:
+        """The budget from exactly one of three optional values (the CLI's and the keywords' form)."""
+        given = [(name, v) for name, v in (("tau", tau), ("target_saving", target_saving),
+                                           ("evaluations_per_image", evaluations_per_image)) if v is not None]
+        if len(given) != 1:
+            which = "none" if not given else " and ".join(name for name, _ in given)
+            raise ValueError(f"give exactly one of tau, target_saving, evaluations_per_image (got {which})")
+        return cls(*given[0])
+
+    def check(self, steps: int) -> Budget:
+        """This budget, checked against a step count (evaluations per image can be at most K)."""
+        steps = _check_steps(steps)
+        if self.mode == "evaluations_per_image" and not 1.0 <= self.value <= steps:
+            raise ValueError(
+                f"evaluations per image must be in [1, {steps}] for {steps} steps, got {self.value!r}"
+            )
+        return self
+
+    def describe(self) -> str:
+        """'target saving 0.5' style text for messages."""
+        return f"{self.mode.replace('_', ' ')} {self.value:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "value": self.value}
+
+
 def thresholds(steps: int, tau: float) -> np.ndarray:
     """Per-step cut heights, shape (K,): ``numpy.linspace(0, tau, K)[::-1]`` (tau first, 0 last)."""
     return np.linspace(0.0, _check_tau(tau), _check_steps(steps))[::-1].copy()
@@ -64,7 +132,26 @@ def _model_evaluations(sorted_merge_heights: np.ndarray, n_prompts: int, thr: np
 
 
 @dataclass(frozen=True, eq=False)
-class BranchSchedule:
+class StepGroups:
+    """The groups active at one step of a plan.
+
+    nodes: (G,) node ids, ordered by their smallest member; representatives: (G,) each group's
+    smallest member row (members hold identical latent rows, so any one stands for all);
+    row_group: (N,) for each prompt row, its group's index into ``nodes``.
+    """
+
+    step: int
+    nodes: np.ndarray
+    representatives: np.ndarray
+    row_group: np.ndarray
+
+    def __post_init__(self) -> None:
+        for array in (self.nodes, self.representatives, self.row_group):
+            array.setflags(write=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
     """A plan: the tree, the step count K and the starting threshold tau.
 
     Attributes
@@ -74,9 +161,9 @@ class BranchSchedule:
         K >= 1 sampling steps.
     tau : float
         Threshold at step 0 (>= 0); 0 is ordinary independent sampling.
-    budget : tuple (mode, value) or None
-        What the user asked for, when tau was searched: ("target_saving", 0.5),
-        ("evaluations_per_image", 12.0), or ("tau", tau).
+    budget : Budget or None
+        What the user asked for: Budget("target_saving", 0.5), Budget("evaluations_per_image", 12.0),
+        or Budget("tau", tau).
     probe_evaluations : int
         Model evaluations spent before step 0 to choose the tree (one per prompt when the tree is
         clustered on the model's first-step predictions); counted in :attr:`model_evaluations`.
@@ -85,18 +172,16 @@ class BranchSchedule:
     tree: PromptTree
     steps: int
     tau: float
-    budget: tuple[str, float] | None = None
+    budget: Budget | None = None
     probe_evaluations: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", _check_steps(self.steps))
         object.__setattr__(self, "tau", _check_tau(self.tau))
         if self.budget is not None:
-            mode, value = self.budget
-            if mode not in BUDGET_MODES:
-                raise ValueError(f"unknown budget mode {mode!r}; choose one of {', '.join(BUDGET_MODES)}")
-            object.__setattr__(self, "budget", (str(mode), float(value)))
+            object.__setattr__(self, "budget", Budget(*self.budget))
         object.__setattr__(self, "probe_evaluations", _check_probe(self.probe_evaluations))
+        object.__setattr__(self, "_groups_cache", {})
 
     @cached_property
     def thresholds(self) -> np.ndarray:
@@ -142,13 +227,27 @@ class BranchSchedule:
 
     def group_index(self, step: int) -> np.ndarray:
         """(N,) int: for each prompt, the index of its group in ``active_groups(step)``."""
-        groups = self.active_groups(step)
-        tree = self.tree
-        # Active groups partition the prompts into contiguous runs of the dendrogram leaf order.
-        by_start = np.argsort(tree.node_starts[groups])
-        labels = np.empty(tree.n_prompts, dtype=np.int64)
-        labels[tree.leaf_order] = np.repeat(by_start, tree.node_sizes[groups][by_start])
-        return labels
+        return self.groups(step).row_group
+
+    def groups(self, step: int) -> StepGroups:
+        """The groups active at ``step`` with their representative rows and the row -> group index.
+
+        Every host (the engine, the ComfyUI guider, the diffusers pipelines, resumable state) reads
+        its per-step group bookkeeping here. The last few steps asked for are kept.
+        """
+        step = self._check_step(step)
+        cache: dict[int, StepGroups] = self._groups_cache  # type: ignore[attr-defined]
+        if step not in cache:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            nodes = self.active_groups(step)
+            tree = self.tree
+            # Active groups partition the prompts into contiguous runs of the dendrogram leaf order.
+            by_start = np.argsort(tree.node_starts[nodes])
+            row_group = np.empty(tree.n_prompts, dtype=np.int64)
+            row_group[tree.leaf_order] = np.repeat(by_start, tree.node_sizes[nodes][by_start])
+            cache[step] = StepGroups(step, nodes, tree.node_min_members[nodes], row_group)
+        return cache[step]
 
     def span(self, node: int) -> tuple[int, int]:
         """(first_step, end_step) during which ``node`` is active; end exclusive, equal when never."""
@@ -245,7 +344,7 @@ class BranchSchedule:
             "n_prompts": tree.n_prompts,
             "steps": self.steps,
             "tau": self.tau,
-            "budget": None if self.budget is None else {"mode": self.budget[0], "value": self.budget[1]},
+            "budget": None if self.budget is None else self.budget.to_dict(),
             "linkage": {
                 "method": tree.method,
                 "metric": tree.metric,
@@ -262,7 +361,7 @@ class BranchSchedule:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BranchSchedule:
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
         """Rebuild a schedule from :meth:`to_dict` output; ValueError when fields disagree."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -285,7 +384,7 @@ class BranchSchedule:
                 tree=tree,
                 steps=data["steps"],
                 tau=data["tau"],
-                budget=None if budget is None else (budget["mode"], budget["value"]),
+                budget=None if budget is None else Budget(budget["mode"], budget["value"]),
                 probe_evaluations=data.get("probe_evaluations", 0),  # absent before the first-step tree
             )
         except (KeyError, TypeError) as exc:
@@ -300,7 +399,7 @@ class BranchSchedule:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str) -> BranchSchedule:
+    def from_json(cls, text: str) -> Plan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -308,51 +407,25 @@ class BranchSchedule:
         return cls.from_dict(data)
 
 
-def check_budget(
-    steps: int,
-    *,
-    tau: float | None = None,
-    target_saving: float | None = None,
-    evaluations_per_image: float | None = None,
-) -> tuple[str, float]:
-    """Validate steps and exactly one budget; return (mode, value). ValueError (one line) otherwise.
-
-    Needs no tree, so callers can reject bad input before any slow work (encoding prompts).
-    """
-    steps = _check_steps(steps)
-    given = [(name, v) for name, v in (("tau", tau), ("target_saving", target_saving),
-                                       ("evaluations_per_image", evaluations_per_image)) if v is not None]
-    if len(given) != 1:
-        which = "none" if not given else " and ".join(name for name, _ in given)
-        raise ValueError(f"give exactly one of tau, target_saving, evaluations_per_image (got {which})")
-    mode, value = given[0]
-    if mode == "tau":
-        return mode, _check_tau(value)
-    valid = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
-    if mode == "target_saving":
-        if not (valid and 0.0 <= value < 1.0):
-            raise ValueError(f"target saving must be in [0, 1), got {value!r}")
-    elif not (valid and 1.0 <= value <= steps):
-        raise ValueError(f"evaluations per image must be in [1, {steps}] for {steps} steps, got {value!r}")
-    return mode, float(value)
-
-
 def plan(
     tree: PromptTree,
     steps: int,
+    budget: Budget | None = None,
     *,
     tau: float | None = None,
     target_saving: float | None = None,
     evaluations_per_image: float | None = None,
     probe_evaluations: int = 0,
-) -> BranchSchedule:
-    """Plan K steps for a tree from exactly one budget.
+) -> Plan:
+    """Plan K steps for a tree from exactly one budget: a :class:`Budget`, or one of the keywords.
 
     Parameters
     ----------
     tree : PromptTree
     steps : int
         K >= 1.
+    budget : Budget, optional
+        What to plan for; the keywords below are the same three modes spelt out.
     tau : float, optional
         Threshold at step 0 (>= 0), used as given.
     target_saving : float, optional
@@ -368,12 +441,15 @@ def plan(
     exact smallest float64 tau (numpy's linspace rounding included). ValueError names the
     largest attainable saving when the target cannot be met.
     """
-    mode, value = check_budget(
-        steps, tau=tau, target_saving=target_saving, evaluations_per_image=evaluations_per_image
-    )
+    if budget is None:
+        budget = Budget.from_options(tau, target_saving, evaluations_per_image)
+    elif any(v is not None for v in (tau, target_saving, evaluations_per_image)):
+        raise ValueError("give a Budget or one of tau, target_saving, evaluations_per_image, not both")
+    budget = Budget(*budget).check(steps)
+    mode, value = budget
     probe = _check_probe(probe_evaluations)
     if mode == "tau":
-        return BranchSchedule(tree, steps, value, budget=(mode, value), probe_evaluations=probe)
+        return Plan(tree, steps, value, budget=budget, probe_evaluations=probe)
 
     n = tree.n_prompts
     total = steps * n
@@ -392,18 +468,17 @@ def plan(
         def meets(tau_: float) -> bool:
             return evaluations(tau_) / n <= value
 
-    budget = (mode, value)
     found = _smallest_tau(sorted_heights, steps, meets)
     if found is None:
         # tau -> inf: one group on every step but the last, whose threshold is always 0.
         fewest = (steps - 1) + n - int(np.searchsorted(sorted_heights, 0.0, side="right")) + probe
         raise ValueError(
-            f"{budget[0].replace('_', ' ')} {budget[1]:g} is not attainable "
+            f"{budget.describe()} is not attainable "
             f"for {n} prompts in {steps} steps: "
             f"the maximum attainable saving is {1.0 - fewest / total:.6f} "
             f"({fewest / n:.4g} evaluations per image)"
         )
-    return BranchSchedule(tree, steps, found, budget=budget, probe_evaluations=probe)
+    return Plan(tree, steps, found, budget=budget, probe_evaluations=probe)
 
 
 def _smallest_tau(sorted_heights: np.ndarray, steps: int, meets) -> float | None:

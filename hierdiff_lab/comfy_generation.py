@@ -1,7 +1,7 @@
 """Generate pictures of a prompt set through a running ComfyUI host, independently or hierarchically.
 
-Needs ComfyUI imported and set up by the caller (the test host ``tests/comfy/host.py`` does it, for
-pytest and for ``tools/bench_fidelity.py``); hierarchical sampling needs hierdiff's nodes loaded (their
+Needs ComfyUI imported and set up by the caller (the in-process host ``hierdiff_dev/host.py`` does it,
+for pytest and for ``tools/bench_fidelity.py``); hierarchical sampling needs hierdiff's nodes loaded (their
 classes come from ComfyUI's ``NODE_CLASS_MAPPINGS``). Models are the testkit loader's outputs, so the
 trained shapes model (``hierdiff_lab/weights/shapes-t2i.safetensors``) and the random tiny model both fit.
 """

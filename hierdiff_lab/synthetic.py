@@ -6,7 +6,8 @@ A :class:`Scene` fixes five attributes (shape, colour, size, position on a 3 x 3
 attributes back out of any caption (or a user's prompt in the same vocabulary), so prompt-set files
 need no side-car annotations.
 
-Run ``python -m hierdiff_lab.synthetic`` to rewrite the prompt sets in ``hierdiff_lab/prompt_sets/``.
+Run ``python -m hierdiff_lab.synthetic`` to rewrite its prompt sets among the embedded ones in
+``hierdiff_core/prompt_sets/`` (read them with ``hierdiff_core.prompts.embedded_prompt_set``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from hierdiff_core.prompts import PROMPT_SET_DIR
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -285,7 +288,6 @@ def wording_prompt_set(seed: int = 7) -> list[str]:
     return prompts
 
 
-PROMPT_SET_DIR = Path(__file__).resolve().parent / "prompt_sets"
 PROMPT_SETS = {
     "variations": variations_prompt_set,
     "attribute_grid": attribute_grid_prompt_set,

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -37,7 +36,6 @@ import torch
 from . import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
-COMFY_HOST = ROOT / ".comfyui"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "weights" / "shapes-t2i.safetensors"
 
 # SD1.5's latent scale (ComfyUI's latent_formats.SD15) and beta schedule (scaled linear, 1000 steps).
@@ -108,13 +106,11 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def use_comfy_host(cpu: bool) -> None:
-    """Make ComfyUI's packages importable (the git-ignored host folder) and pick its device mode.
+    """Pick ComfyUI's device mode (ComfyUI is importable from the git-ignored ``.comfyui/`` through the
+    ``.pth`` file ``tools/setup_env.sh`` writes into the virtualenv).
 
     Must run before anything imports ``comfy.model_management``.
     """
-    for path in (str(ROOT), str(COMFY_HOST)):  # the host first: its `nodes` module is not ours
-        if path not in sys.path:
-            sys.path.insert(0, path)
     from comfy.cli_args import args
 
     args.cpu = cpu
@@ -516,53 +512,74 @@ def load_weights(path: Path, spec: dict, unet, text_model, vae) -> dict[str, str
     return metadata
 
 
-def fit(
-    prepared: Path, config: TrainConfig, output: Path, device: torch.device, init: Path | None = None
-) -> dict:
-    """Train from a ``prepare`` file and write the checkpoint; returns a summary of the run.
-
-    With ``init`` (a checkpoint this function wrote), training continues from its weights: its VAE is
-    kept as it is (already normalised) and only the UNet phase runs, from its UNet and text encoder."""
-    import safetensors.torch
-
+def load_prepared(prepared: Path, config: TrainConfig) -> tuple[np.lib.npyio.NpzFile, dict]:
+    """(the ``prepare`` file's arrays, its model spec); raises if it was prepared for another data set."""
     data = np.load(prepared)
     spec = json.loads(str(data["spec"]))
     if int(data["seed"]) != config.seed or int(data["samples"]) != config.samples:
         raise ValueError(
             f"{prepared} was prepared for seed {int(data['seed'])}, {int(data['samples'])} samples"
         )
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    return data, spec
+
+
+def training_images(config: TrainConfig) -> np.ndarray:
+    """(N, H, W, 3) uint8: the training pictures, regenerated from the seed."""
     started = time.time()
     images, _captions, _scenes = synthetic.dataset(config.seed, config.samples)
     print(f"[data] {len(images)} images {images.shape[1:]} in {time.time() - started:.1f}s", flush=True)
+    return images
 
-    unet, text_model, vae = build_modules(spec, device, generator)
+
+def parameter_counts(unet, text_model, vae) -> dict[str, int]:
+    """Parameters per module, printed."""
     counts = {
         name: sum(p.numel() for p in m.parameters())
         for name, m in (("unet", unet), ("text", text_model), ("vae", vae))
     }
     print(f"[model] parameters {counts}", flush=True)
+    return counts
 
-    if init is None:
-        vae_losses = train_vae(vae, images, config, device, generator)
-        vae.eval()
-        latents = normalise_latents(vae, encode_images(vae, images, device))
-        print(f"[vae] reconstruction acceptance {reconstruction_acceptance(vae, config.seed, device)}")
-    else:
-        earlier = json.loads(
-            load_weights(init, spec, unet, text_model, vae)["hierdiff.shapes_t2i.final_losses"]
-        )
-        vae_losses = [earlier["vae"]]
-        vae.eval()
-        latents = encode_images(vae, images, device)
-        print(f"[init] continuing from {init} (earlier losses {earlier})", flush=True)
-    x0 = latents * SD15_LATENT_SCALE
-    print(f"[latents] {tuple(x0.shape)} std {float(x0.std()):.3f}", flush=True)
 
+def vae_stage(
+    vae, images: np.ndarray, config: TrainConfig, device: torch.device, generator: torch.Generator
+) -> tuple[torch.Tensor, list[float]]:
+    """Train the VAE and normalise its latents to SD1.5's scale; returns ((N, 4, h, w) latents, losses)."""
+    losses = train_vae(vae, images, config, device, generator)
+    vae.eval()
+    latents = normalise_latents(vae, encode_images(vae, images, device))
+    print(f"[vae] reconstruction acceptance {reconstruction_acceptance(vae, config.seed, device)}")
+    return latents, losses
+
+
+def resume_stage(
+    init: Path, spec: dict, unet, text_model, vae, images: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, list[float]]:
+    """Load every module from ``init`` and keep its (already normalised) VAE; returns ((N, 4, h, w)
+    latents, the earlier run's final VAE loss as the loss list)."""
+    earlier = json.loads(
+        load_weights(init, spec, unet, text_model, vae)["hierdiff.shapes_t2i.final_losses"]
+    )
+    vae.eval()
+    latents = encode_images(vae, images, device)
+    print(f"[init] continuing from {init} (earlier losses {earlier})", flush=True)
+    return latents, [earlier["vae"]]
+
+
+def unet_stage(
+    unet,
+    text_model,
+    x0: torch.Tensor,
+    data: np.lib.npyio.NpzFile,
+    empty: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+) -> list[float]:
+    """Train the UNet and text encoder on the (N, 4, h, w) scaled latents ``x0``, then keep their EMA
+    weights; returns the losses."""
     tokens = torch.from_numpy(data["caption_tokens"][data["caption_index"]].astype(np.int64)).to(device)
-    empty = torch.from_numpy(data["empty_tokens"].astype(np.int64)).to(device)
-    unet_losses, ema = train_unet(unet, text_model, x0, tokens, empty, config, device, generator)
+    losses, ema = train_unet(unet, text_model, x0, tokens, empty, config, device, generator)
     with torch.no_grad():
         for parameter, averaged in zip(
             list(unet.parameters()) + list(text_model.parameters()), ema, strict=True
@@ -573,45 +590,105 @@ def fit(
         # nothing. Zeros say so, and let git compress the committed file (the table is 6.3 of its MB).
         table = text_model.text_model.embeddings.token_embedding.weight
         table[unused_token_rows(data, len(table)).to(device)] = 0.0
+    return losses
 
-    seconds = time.time() - started
+
+def evaluate(
+    unet,
+    text_model,
+    vae,
+    data: np.lib.npyio.NpzFile,
+    empty: torch.Tensor,
+    seed: int,
+    output: Path,
+    device: torch.device,
+) -> dict[str, float]:
+    """Checker acceptance of DDIM samples for the held-out captions; saves the samples beside ``output``."""
     unet.eval()
     text_model.eval()
     eval_captions = [str(c) for c in data["eval_captions"]]
     eval_tokens = torch.from_numpy(data["eval_tokens"].astype(np.int64)).to(device)
-    samples = sample_ddim(unet, text_model, vae, eval_tokens, empty, seed=config.seed)
+    samples = sample_ddim(unet, text_model, vae, eval_tokens, empty, seed=seed)
     rates = acceptance(samples, eval_captions)
     print(
         f"[eval] checker acceptance on {len(samples)} held-out captions (DDIM 25, cfg 4): {rates}", flush=True
     )
     save_grid(samples, output.with_name(output.stem + "-samples.png"))
+    return rates
+
+
+def final_losses(vae_losses: list[float], unet_losses: list[float]) -> dict[str, float]:
+    """The run's closing losses: the mean of the last 100 VAE and last 500 UNet steps."""
+    return {"vae": float(np.mean(vae_losses[-100:])), "unet": float(np.mean(unet_losses[-500:]))}
+
+
+def save_checkpoint(
+    output: Path,
+    spec: dict,
+    config: TrainConfig,
+    modules: tuple,
+    rates: dict[str, float],
+    losses: dict[str, float],
+    unet_steps: int,
+) -> None:
+    """Write the (unet, text_model, vae) ``modules`` as a safetensors checkpoint with the run's metadata;
+    atomic (a ``.partial`` file renamed over ``output``)."""
+    import safetensors.torch
+
     metadata = {
         spec["metadata_keys"]["format"]: spec["metadata_keys"]["format_value"],
         spec["metadata_keys"]["text_config"]: json.dumps(spec["text"], sort_keys=True),
         spec["metadata_keys"]["vae_config"]: json.dumps(spec["vae"], sort_keys=True),
         spec["metadata_keys"]["seed"]: str(config.seed),
         "hierdiff.shapes_t2i.train_config": json.dumps(
-            {**dataclasses.asdict(config), "unet_steps": len(unet_losses), "unet_minutes": 0.0},
+            {**dataclasses.asdict(config), "unet_steps": unet_steps, "unet_minutes": 0.0},
             sort_keys=True,
         ),
         "hierdiff.shapes_t2i.acceptance": json.dumps(rates, sort_keys=True),
-        "hierdiff.shapes_t2i.final_losses": json.dumps(
-            {"vae": float(np.mean(vae_losses[-100:])), "unet": float(np.mean(unet_losses[-500:]))}
-        ),
+        "hierdiff.shapes_t2i.final_losses": json.dumps(losses),
         "hierdiff.shapes_t2i.note": "Trained on hierdiff_lab's synthetic shapes; a demo model.",
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    safetensors.torch.save_file(
-        checkpoint_state(spec, unet, text_model, vae), str(partial), metadata=metadata
-    )
+    safetensors.torch.save_file(checkpoint_state(spec, *modules), str(partial), metadata=metadata)
     os.replace(partial, output)
+
+
+def fit(
+    prepared: Path, config: TrainConfig, output: Path, device: torch.device, init: Path | None = None
+) -> dict:
+    """Train from a ``prepare`` file and write the checkpoint; returns a summary of the run.
+
+    With ``init`` (a checkpoint this function wrote), training continues from its weights: its VAE is
+    kept as it is (already normalised) and only the UNet phase runs, from its UNet and text encoder."""
+    data, spec = load_prepared(prepared, config)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    started = time.time()
+    images = training_images(config)
+    unet, text_model, vae = build_modules(spec, device, generator)
+    counts = parameter_counts(unet, text_model, vae)
+
+    if init is None:
+        latents, vae_losses = vae_stage(vae, images, config, device, generator)
+    else:
+        latents, vae_losses = resume_stage(init, spec, unet, text_model, vae, images, device)
+    x0 = latents * SD15_LATENT_SCALE
+    print(f"[latents] {tuple(x0.shape)} std {float(x0.std()):.3f}", flush=True)
+
+    empty = torch.from_numpy(data["empty_tokens"].astype(np.int64)).to(device)
+    unet_losses = unet_stage(unet, text_model, x0, data, empty, config, device, generator)
+    seconds = time.time() - started  # training only: the evaluation below is not part of it
+
+    rates = evaluate(unet, text_model, vae, data, empty, config.seed, output, device)
+    losses = final_losses(vae_losses, unet_losses)
+    save_checkpoint(output, spec, config, (unet, text_model, vae), rates, losses, len(unet_losses))
     summary = {
         "seconds": seconds,
         "device": str(device),
         "parameters": counts,
-        "vae_loss": float(np.mean(vae_losses[-100:])),
-        "unet_loss": float(np.mean(unet_losses[-500:])),
+        "vae_loss": losses["vae"],
+        "unet_loss": losses["unet"],
         "unet_steps": len(unet_losses),
         "acceptance": rates,
         "output": str(output),

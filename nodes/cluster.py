@@ -8,18 +8,13 @@ import json
 from comfy_api.latest import io
 
 from hierdiff_core.embed import encode_prompts
+from hierdiff_core.prompts import prompts_from_texts
 from hierdiff_core.tree import METHODS, build_tree
 
 from .conditioning import PromptTreeSet, clustering_embeddings, stack_conditionings
-
-PromptTree = io.Custom("PROMPT_TREE")
+from .sockets import PROMPT_TREE, TREE_KEY
 
 EMBEDDING_SOURCES = ("clip_pooled", "sentence")
-
-
-def split_prompts(texts: list[str]) -> list[str]:
-    """One prompt per non-blank line; a list of strings from other nodes is read the same way."""
-    return [line.strip() for text in texts for line in str(text).splitlines() if line.strip()]
 
 
 def encode_each(clip, prompts: list[str]) -> list:
@@ -61,7 +56,7 @@ class HierPromptSetCluster(io.ComfyNode):
                 ),
             ],
             outputs=[
-                PromptTree.Output(display_name="prompt_tree"),
+                PROMPT_TREE.Output(display_name="prompt_tree"),
                 io.String.Output(display_name="prompts", is_output_list=True),
             ],
         )
@@ -69,14 +64,14 @@ class HierPromptSetCluster(io.ComfyNode):
     @classmethod
     def execute(cls, clip, prompts, linkage, embedding) -> io.NodeOutput:
         clip, linkage, embedding = clip[0], linkage[0], embedding[0]
-        texts = split_prompts(prompts)
+        texts = prompts_from_texts(prompts)
         if not texts:
             raise ValueError("prompts input is empty: give one prompt per line")
         conditioning = encode_each(clip, texts)
         vectors = encode_prompts(texts) if embedding == "sentence" else clustering_embeddings(conditioning)
         tree = build_tree(vectors, method=linkage, metric="cosine", prompts=texts)
         prompt_set = PromptTreeSet(tree, tuple(texts), conditioning, embedding)
-        return io.NodeOutput(prompt_set, texts, ui={"hierdiff_tree": [json.dumps(tree.to_dict())]})
+        return io.NodeOutput(prompt_set, texts, ui={TREE_KEY: [json.dumps(tree.to_dict())]})
 
 
 NODES = [HierPromptSetCluster]

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupNoise, root_noise, step_for_sigma
-from hierdiff_core.schedule import BranchSchedule, plan
+from hierdiff_core.schedule import Plan
+from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.tree import build_tree
 
 from .conditioning import PromptTreeSet, group_model_conds
@@ -77,7 +78,7 @@ def measured_line(count: EvaluationCount) -> str:
 class HierarchicalGuider(comfy.samplers.CFGGuider):
     """CFG guider sampling one latent row per prompt with one model evaluation per active group.
 
-    ``schedule`` fixes the plan; when it is None the plan is made at sampling time from
+    ``plan`` fixes the plan; when it is None the plan is made at sampling time from
     ``plan_fn(prompt_set, steps, probe_evaluations)`` (the step count comes with the sigmas, and with
     ``tree_from="first_step"`` the tree comes from :func:`first_step_tree` on the noise being sampled).
     ``sigmas`` is the whole schedule a trunk/branch run is part of; None means the sigmas given to
@@ -91,7 +92,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         negative: list,
         cfg: float,
         *,
-        schedule: BranchSchedule | None = None,
+        plan: Plan | None = None,
         plan_fn=None,
         sigmas: torch.Tensor | None = None,
         max_batch: int = 64,
@@ -100,18 +101,18 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         tree_from: str = "prompt_tree",
     ):
         super().__init__(model_patcher)
-        if schedule is None and plan_fn is None:
-            raise ValueError("HierarchicalGuider needs a schedule or a plan_fn")
+        if plan is None and plan_fn is None:
+            raise ValueError("HierarchicalGuider needs a plan or a plan_fn")
         if tree_from not in TREE_SOURCES:
             raise ValueError(f"tree_from must be one of {TREE_SOURCES}, got {tree_from!r}")
         if tree_from == "first_step" and plan_fn is None:
-            raise ValueError("a first-step tree is chosen while sampling: give a plan_fn, not a schedule")
+            raise ValueError("a first-step tree is chosen while sampling: give a plan_fn, not a plan")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.prompt_set = prompt_set
-        self.schedule = schedule
+        self.plan = plan
         self.plan_fn = plan_fn
         self.full_sigmas = sigmas
         self.max_batch = int(max_batch)
@@ -141,58 +142,14 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     ):
         full_sigmas = (self.full_sigmas if self.full_sigmas is not None else sigmas).cpu()
         seed = 0 if seed is None else int(seed)
-        probe = None
-        if self.plan_fn is not None:
-            if self.tree_from == "first_step" and self.n_prompts > 1:
-                self.prompt_set, probe = first_step_tree(
-                    self.model_patcher, self.prompt_set, self.negative, self.cfg, noise, latent_image,
-                    full_sigmas, self.max_batch, denoise_mask, seed,
-                )  # fmt: skip
-            probe_rows = self.n_prompts if probe is not None else 0
-            self.schedule = self.plan_fn(self.prompt_set, len(full_sigmas) - 1, probe_rows)
-        schedule = self.schedule
-        n = self.n_prompts
-        latent_image = _rows(latent_image, n, "latent")
-        # Disabled noise (all zeros: DisableNoise, a branch continuing a trunk) stays disabled.
-        if self.noise_mode == "per_root" and torch.count_nonzero(noise) > 0:
-            noise = root_noise(schedule, seed, noise[:1])
-        noise = _rows(noise, n, "noise")
-        if denoise_mask is not None:
-            denoise_mask = _rows(denoise_mask, n, "noise mask")
-
+        probe = self._plan_run(noise, latent_image, full_sigmas, denoise_mask, seed)
         # What ordinary sampling would cost counts no probe; what this run costs does.
         self.count = EvaluationCount(hierarchical=0 if probe is None else probe.hierarchical)
-        evaluator = GroupedEvaluator(
-            schedule,
-            self._evaluate,
-            self.max_batch,
-            comfy.model_management.throw_exception_if_processing_interrupted,
-        )
-        conditioner = GroupConditioner(schedule, self.mix)
-        previous = self.model_options.get("sampler_calc_cond_batch_function")
-        row_conds = self._per_row_model_conds(seed)
-
-        def calc_cond_batch(args: dict) -> list[torch.Tensor]:
-            step = step_for_sigma(full_sigmas, float(args["sigma"].flatten()[0]))
-            conds = [_with_model_conds(args["conds"][0], row_conds), *args["conds"][1:]]
-            context = (conds, args["model"], args["model_options"], conditioner, step, previous)
-            self.count.independent += n * sum(c is not None for c in args["conds"])
-            self.count.guided = args["conds"][1] is not None
-            self._context = context
-            return evaluator(step, args["input"], args["sigma"])
-
-        original_options = self.model_options
-        self.model_options = comfy.model_patcher.create_model_options_clone(original_options)
-        self.model_options["sampler_calc_cond_batch_function"] = calc_cond_batch
-        comfy.patcher_extension.add_wrapper_with_key(
-            comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
-            "hierdiff",
-            self._prepare_for_batch,
-            self.model_options,
-            is_model_options=True,
-        )
+        noise, latent_image, denoise_mask = self._one_row_per_prompt(noise, latent_image, denoise_mask, seed)
         like = torch.zeros_like(noise[:1], device=self.model_patcher.load_device)
-        sampler = _with_group_noise(sampler, schedule, full_sigmas, seed, like)
+        sampler = _with_group_noise(sampler, self.plan, full_sigmas, seed, like)
+        original_options = self.model_options
+        self.model_options = self._grouped_model_options(full_sigmas, seed)
         try:
             return super().sample(
                 noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
@@ -201,8 +158,68 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             self.model_options = original_options
             self._context = None
 
-    def _evaluate(self, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray) -> list[torch.Tensor]:
-        conds, model, model_options, conditioner, step, previous = self._context
+    def _plan_run(
+        self, noise, latent_image, full_sigmas: torch.Tensor, denoise_mask, seed: int
+    ) -> EvaluationCount | None:
+        """Plan for the run's step count (choosing a first-step tree first, when asked); returns what
+        the first-step probe cost, None when there was none."""
+        if self.plan_fn is None:
+            return None
+        probe = None
+        if self.tree_from == "first_step" and self.n_prompts > 1:
+            self.prompt_set, probe = first_step_tree(
+                self.model_patcher, self.prompt_set, self.negative, self.cfg, noise, latent_image,
+                full_sigmas, self.max_batch, denoise_mask, seed,
+            )  # fmt: skip
+        probe_rows = self.n_prompts if probe is not None else 0
+        self.plan = self.plan_fn(self.prompt_set, len(full_sigmas) - 1, probe_rows)
+        return probe
+
+    def _one_row_per_prompt(self, noise, latent_image, denoise_mask, seed: int):
+        """Noise, latent and mask with N rows (views where one row is shared)."""
+        n = self.n_prompts
+        latent_image = _rows(latent_image, n, "latent")
+        # Disabled noise (all zeros: DisableNoise, a branch continuing a trunk) stays disabled.
+        if self.noise_mode == "per_root" and torch.count_nonzero(noise) > 0:
+            noise = root_noise(self.plan, seed, noise[:1])
+        noise = _rows(noise, n, "noise")
+        if denoise_mask is not None:
+            denoise_mask = _rows(denoise_mask, n, "noise mask")
+        return noise, latent_image, denoise_mask
+
+    def _grouped_model_options(self, full_sigmas: torch.Tensor, seed: int) -> dict:
+        """A copy of the model options whose conditioned-batch computation evaluates each active group
+        once (through the engine) and counts what it evaluates."""
+        plan, n = self.plan, self.n_prompts
+        cancel_check = comfy.model_management.throw_exception_if_processing_interrupted
+        evaluator = GroupedEvaluator(plan, self._evaluate, self.max_batch, cancel_check)
+        conditioner = GroupConditioner(plan, self.mix)
+        previous = self.model_options.get("sampler_calc_cond_batch_function")
+        row_conds = self._per_row_model_conds(seed)
+
+        def calc_cond_batch(args: dict) -> list[torch.Tensor]:
+            step = step_for_sigma(full_sigmas, float(args["sigma"].flatten()[0]))
+            conds = [_with_model_conds(args["conds"][0], row_conds), *args["conds"][1:]]
+            self._context = (conds, args["model"], args["model_options"], conditioner, previous)
+            self.count.independent += n * sum(c is not None for c in args["conds"])
+            self.count.guided = args["conds"][1] is not None
+            return evaluator(step, args["input"], args["sigma"])
+
+        options = comfy.model_patcher.create_model_options_clone(self.model_options)
+        options["sampler_calc_cond_batch_function"] = calc_cond_batch
+        comfy.patcher_extension.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
+            "hierdiff",
+            self._prepare_for_batch,
+            options,
+            is_model_options=True,
+        )
+        return options
+
+    def _evaluate(
+        self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
+    ) -> list[torch.Tensor]:
+        conds, model, model_options, conditioner, previous = self._context
         grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts) for c in conds]
         self.count.hierarchical += len(nodes) * sum(c is not None for c in conds)
         if previous is not None:
@@ -248,7 +265,7 @@ def first_step_tree(
         prompt_set,
         negative,
         cfg,
-        schedule=plan(prompt_set.tree, 1, tau=0.0),
+        plan=make_plan(prompt_set.tree, 1, tau=0.0),
         sigmas=sigmas[:2],
         max_batch=max_batch,
     )
@@ -289,8 +306,9 @@ def _rows(tensor: torch.Tensor, n: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch size {tensor.shape[0]}; expected 1 (shared) or {n} (one per prompt)")
 
 
-def _with_group_noise(sampler, schedule: BranchSchedule, sigmas: torch.Tensor, seed: int, like: torch.Tensor):
-    """The same sampler, drawing its per-step noise per group (see GroupNoise). Others pass through."""
+def _with_group_noise(sampler, plan: Plan, sigmas: torch.Tensor, seed: int, like: torch.Tensor):
+    """The same sampler, drawing its per-step noise per group (see GroupNoise); like: (1, ...) one latent
+    row. Samplers without a noise_sampler pass through."""
     if not isinstance(sampler, comfy.samplers.KSAMPLER):
         return sampler
     parameters = inspect.signature(sampler.sampler_function).parameters
@@ -299,17 +317,17 @@ def _with_group_noise(sampler, schedule: BranchSchedule, sigmas: torch.Tensor, s
     if sampler.sampler_function in _BROWNIAN_SAMPLER_FUNCTIONS:
         sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
 
-        def make_source(group_seed: int, row: torch.Tensor):
-            return k_sampling.BrownianTreeNoiseSampler(row, sigma_min, sigma_max, seed=group_seed, cpu=True)
+        def make_source(group_seed: int):
+            return k_sampling.BrownianTreeNoiseSampler(like, sigma_min, sigma_max, seed=group_seed, cpu=True)
 
         per_call = False
     else:
 
-        def make_source(group_seed: int, row: torch.Tensor):
-            return k_sampling.default_noise_sampler(row, seed=group_seed)
+        def make_source(group_seed: int):
+            return k_sampling.default_noise_sampler(like, seed=group_seed)
 
         per_call = True
-    noise = GroupNoise(schedule, sigmas, seed, like, make_source, per_call=per_call)
+    noise = GroupNoise(plan, sigmas, seed, make_source, per_call=per_call)
     return comfy.samplers.KSAMPLER(
         sampler.sampler_function, {**sampler.extra_options, "noise_sampler": noise}, sampler.inpaint_options
     )

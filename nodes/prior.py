@@ -2,16 +2,21 @@
 """unCLIP prior nodes: load a text-to-image-embedding prior, cluster prompts in its image space.
 
 ``HierPriorLoader`` lists the sub-folders of ComfyUI's ``models/unclip_priors/`` (each a diffusers
-prior folder, see ``hierdiff_core.prior.LAYOUTS``) and loads one offline. ``HierPriorEmbed`` turns
+prior folder, see ``hierdiff_diffusers.prior.LAYOUTS``) and loads one offline. ``HierPriorEmbed`` turns
 prompts into one image embedding each and a PROMPT_TREE clustered in that space, whose per-prompt
 conditioning is a base text conditioning plus the prompt's image embedding for an unCLIP model's
 ``y`` (adm) input, the way ComfyUI's unCLIPConditioning node attaches a CLIP vision embedding.
+
+diffusers is imported only when one of these nodes executes: the pack loads, and every other node
+works, in a ComfyUI whose diffusers is missing or broken.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+from types import ModuleType
 
 import comfy.model_management
 import folder_paths
@@ -19,11 +24,11 @@ import torch
 from comfy.model_base import unclip_adm
 from comfy_api.latest import io
 
-from hierdiff_core.prior import check_prior_folder, embed_prompts_with_prior, load_prior, prior_tree
+from hierdiff_core.prompts import prompts_from_texts
 from hierdiff_core.tree import METHODS
 
-from .cluster import split_prompts
 from .conditioning import PromptTreeSet
+from .sockets import HIER_PRIOR, PROMPT_TREE, TREE_KEY
 
 PRIOR_FOLDER = "unclip_priors"
 EMBEDDING_SPACE = "prior_image"
@@ -32,8 +37,17 @@ IMAGE_EMBEDS_KEY = "hier_prior_image_embeds"
 UNCLIP_KEY = "hier_unclip"
 """Conditioning extra: {"strength": float, "noise_augmentation": float}, as unCLIPConditioning takes."""
 
-PromptTree = io.Custom("PROMPT_TREE")
-Prior = io.Custom("HIER_PRIOR")
+
+def diffusers_priors() -> ModuleType:
+    """``hierdiff_diffusers.prior``, imported when a prior node runs; one clear error when diffusers
+    (or transformers) cannot be imported in this ComfyUI."""
+    try:
+        return importlib.import_module("hierdiff_diffusers.prior")
+    except Exception as exc:  # missing or broken: any import-time failure is the same answer to the user
+        raise RuntimeError(
+            f"the unCLIP prior nodes need diffusers, which cannot be imported here ({type(exc).__name__}: "
+            f"{exc}): install it into ComfyUI's Python with `pip install 'diffusers>=0.30'`"
+        ) from exc
 
 
 def register_prior_folder() -> None:
@@ -153,14 +167,15 @@ class HierPriorLoader(io.ComfyNode):
                     "prior_name", options=prior_names(), tooltip="A folder in models/unclip_priors/."
                 )
             ],
-            outputs=[Prior.Output(display_name="prior")],
+            outputs=[HIER_PRIOR.Output(display_name="prior")],
         )
 
     @classmethod
     def execute(cls, prior_name) -> io.NodeOutput:
+        priors = diffusers_priors()
         folder = prior_path(prior_name)
-        check_prior_folder(folder)
-        return io.NodeOutput(load_prior(folder, device=comfy.model_management.get_torch_device()))
+        priors.check_prior_folder(folder)
+        return io.NodeOutput(priors.load_prior(folder, device=comfy.model_management.get_torch_device()))
 
 
 class HierPriorEmbed(io.ComfyNode):
@@ -174,7 +189,7 @@ class HierPriorEmbed(io.ComfyNode):
             "image-embedding space, conditioning an unCLIP model through its image input.",
             is_input_list=True,
             inputs=[
-                Prior.Input("prior"),
+                HIER_PRIOR.Input("prior"),
                 io.Conditioning.Input(
                     "conditioning", tooltip="Base text conditioning shared by every prompt."
                 ),
@@ -187,7 +202,7 @@ class HierPriorEmbed(io.ComfyNode):
                 io.Combo.Input("linkage", options=list(METHODS), default="ward"),
             ],
             outputs=[
-                PromptTree.Output(display_name="prompt_tree"),
+                PROMPT_TREE.Output(display_name="prompt_tree"),
                 io.String.Output(display_name="prompts", is_output_list=True),
             ],
         )
@@ -205,15 +220,16 @@ class HierPriorEmbed(io.ComfyNode):
         noise_augmentation,
         linkage,
     ) -> io.NodeOutput:
+        priors = diffusers_priors()
         prior, conditioning, seed = prior[0], conditioning[0], seed[0]
-        texts = split_prompts(prompts)
+        texts = prompts_from_texts(prompts)
         if not texts:
             raise ValueError("prompts input is empty: give one prompt per line")
-        embeds = embed_prompts_with_prior(prior, texts, seed, prior_guidance[0], prior_steps[0])
-        tree = prior_tree(embeds, texts, method=linkage[0])
+        embeds = priors.embed_prompts_with_prior(prior, texts, seed, prior_guidance[0], prior_steps[0])
+        tree = priors.prior_tree(embeds, texts, method=linkage[0])
         cond = prior_conditioning(conditioning, embeds, strength[0], noise_augmentation[0])
         prompt_set = PromptTreeSet(tree, tuple(texts), cond, EMBEDDING_SPACE)
-        return io.NodeOutput(prompt_set, texts, ui={"hierdiff_tree": [json.dumps(tree.to_dict())]})
+        return io.NodeOutput(prompt_set, texts, ui={TREE_KEY: [json.dumps(tree.to_dict())]})
 
 
 NODES: list[type[io.ComfyNode]] = [HierPriorLoader, HierPriorEmbed]

@@ -17,22 +17,20 @@ from comfy_api.latest import io
 from PIL.PngImagePlugin import PngInfo
 
 from hierdiff_core.report import render_dendrogram, summary_line
-from hierdiff_core.schedule import BranchSchedule
+from hierdiff_core.schedule import Plan
 
-# UI output keys read by web/hierdiff.js; every node of the pack that has a plan reports under them.
-PLAN_KEY = "hierdiff_plan"
-SUMMARY_KEY = "hierdiff_summary"
+from .sockets import PLAN_KEY, SUMMARY_KEY
 
 
-def plan_ui(schedule: BranchSchedule) -> dict[str, list[str]]:
+def plan_ui(schedule: Plan) -> dict[str, list[str]]:
     """The UI output entries that let the web extension draw `schedule`."""
     return {PLAN_KEY: [schedule.to_json()], SUMMARY_KEY: [summary_line(schedule)]}
 
 
-def parse_plan(plan_json: str) -> BranchSchedule:
+def parse_plan(plan_json: str) -> Plan:
     """A schedule from the plan JSON a sampler outputs; ValueError naming the input otherwise."""
     try:
-        return BranchSchedule.from_json(plan_json)
+        return Plan.from_json(plan_json)
     except ValueError as err:
         raise ValueError(f"plan_json: {err}") from None
 

@@ -18,17 +18,14 @@ import torch
 from comfy_api.latest import io
 
 from hierdiff_core.engine import CONDITIONING_MIXES
-from hierdiff_core.schedule import BranchSchedule, plan
+from hierdiff_core.schedule import BUDGET_MODES, Budget, Plan, plan
 
-from .cluster import PromptTree
 from .conditioning import PromptTreeSet, check_token_lengths
 from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line
 from .prior import check_tree_matches_model
-from .report import PLAN_KEY, plan_ui
+from .report import plan_ui
+from .sockets import HIER_LATENT, MEASURED_KEY, PLAN_KEY, PROMPT_TREE
 
-HierLatentType = io.Custom("HIER_LATENT")
-
-BUDGETS = ("target_saving", "tau", "evaluations_per_image")
 MAX_STEP = 10000
 
 
@@ -42,7 +39,7 @@ class HierLatent:
 
     samples: torch.Tensor
     prompt_set: PromptTreeSet
-    schedule: BranchSchedule
+    plan: Plan
     sigmas: torch.Tensor
     step: int
     seed: int
@@ -54,7 +51,7 @@ def budget_inputs() -> list:
     return [
         io.Combo.Input(
             "budget",
-            options=list(BUDGETS),
+            options=list(BUDGET_MODES),
             default="target_saving",
             tooltip="How much to share: a target fraction of model evaluations saved, the raw "
             "threshold tau (0 = ordinary sampling), or model evaluations per image.",
@@ -105,13 +102,11 @@ def sampling_inputs() -> list:
     ]
 
 
-def planner(budget: str, value: float):
-    """The guider's ``plan_fn`` for a budget; a bad budget is refused here, before any sampling."""
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+def planner(budget: Budget):
+    """The guider's ``plan_fn`` for a budget."""
 
-    def plan_for(prompt_set: PromptTreeSet, steps: int, probe_evaluations: int) -> BranchSchedule:
-        return plan(prompt_set.tree, steps, probe_evaluations=probe_evaluations, **{budget: value})
+    def plan_for(prompt_set: PromptTreeSet, steps: int, probe_evaluations: int) -> Plan:
+        return plan(prompt_set.tree, steps, budget, probe_evaluations=probe_evaluations)
 
     return plan_for
 
@@ -137,7 +132,7 @@ def planning_guider(
         prompt_tree,
         negative,
         cfg,
-        plan_fn=planner(budget, budget_value),
+        plan_fn=planner(Budget(budget, budget_value)),  # a bad budget is refused here, before sampling
         sigmas=sigmas,
         max_batch=max_batch,
         noise_mode=noise_mode,
@@ -229,7 +224,7 @@ def run_steps(
 
 def report(guider: HierarchicalGuider) -> tuple[str, dict]:
     """The plan JSON (for the plan output) and the UI output the web widget draws, with measured counts."""
-    ui = {**plan_ui(guider.schedule), "hierdiff_measured": [measured_line(guider.count)]}
+    ui = {**plan_ui(guider.plan), MEASURED_KEY: [measured_line(guider.count)]}
     return ui[PLAN_KEY][0], ui
 
 
@@ -272,8 +267,7 @@ def sample_trunk(
     )
     plan_json, ui = report(guider)
     # The guider planned while sampling (and chose the tree, for a first-step tree): keep what it used.
-    prompt_set, schedule = guider.prompt_set, guider.schedule
-    hier = HierLatent(samples, prompt_set, schedule, sigmas, end, seed, max_batch, conditioning_mix)
+    hier = HierLatent(samples, guider.prompt_set, guider.plan, sigmas, end, seed, max_batch, conditioning_mix)
     return hier, plan_json, ui
 
 
@@ -282,7 +276,7 @@ def trunk_inputs(*, end_at_step: bool) -> list:
     stop = [io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP)] if end_at_step else []
     return [
         io.Model.Input("model"),
-        PromptTree.Input("prompt_tree"),
+        PROMPT_TREE.Input("prompt_tree"),
         io.Conditioning.Input("negative"),
         io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
         *sampling_inputs(),
@@ -329,7 +323,7 @@ class HierSharedTrunkSampler(io.ComfyNode):
             description="Runs a prompt tree's shared early steps to end_at_step; Branch Sampler continues.",
             inputs=trunk_inputs(end_at_step=True),
             outputs=[
-                HierLatentType.Output(display_name="hier_latent"),
+                HIER_LATENT.Output(display_name="hier_latent"),
                 io.String.Output(display_name="plan"),
             ],
         )
@@ -357,7 +351,7 @@ class HierBranchSampler(io.ComfyNode):
             description="Continues a Shared Trunk Sampler's run, maybe with another model (LoRA, refiner).",
             inputs=[
                 io.Model.Input("model"),
-                HierLatentType.Input("hier_latent"),
+                HIER_LATENT.Input("hier_latent"),
                 io.Conditioning.Input("negative"),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
@@ -365,7 +359,7 @@ class HierBranchSampler(io.ComfyNode):
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT"),
-                HierLatentType.Output(display_name="hier_latent"),
+                HIER_LATENT.Output(display_name="hier_latent"),
                 io.String.Output(display_name="plan"),
             ],
         )
@@ -378,13 +372,13 @@ class HierBranchSampler(io.ComfyNode):
             raise ValueError(
                 f"hier_latent has {hier.samples.shape[1]} latent channels but this MODEL uses {channels}"
             )
-        end = _end_step(end_at_step, hier.schedule.steps, hier.step)
+        end = _end_step(end_at_step, hier.plan.steps, hier.step)
         guider = HierarchicalGuider(
             model,
             hier.prompt_set,
             negative,
             cfg,
-            schedule=hier.schedule,
+            plan=hier.plan,
             sigmas=hier.sigmas,
             max_batch=hier.max_batch,
             noise_mode="shared",
@@ -394,7 +388,7 @@ class HierBranchSampler(io.ComfyNode):
             model, guider, hier.samples, hier.sigmas, hier.step, end, sampler_name, hier.seed, False
         )
         continued = HierLatent(
-            samples, hier.prompt_set, hier.schedule, hier.sigmas, end, hier.seed, hier.max_batch, hier.mix
+            samples, hier.prompt_set, hier.plan, hier.sigmas, end, hier.seed, hier.max_batch, hier.mix
         )
         plan_json, ui = report(guider)
         return io.NodeOutput({"samples": samples}, continued, plan_json, ui=ui)
@@ -411,7 +405,7 @@ class HierGuider(io.ComfyNode):
             "Give SamplerCustomAdvanced a latent of batch 1.",
             inputs=[
                 io.Model.Input("model"),
-                PromptTree.Input("prompt_tree"),
+                PROMPT_TREE.Input("prompt_tree"),
                 io.Conditioning.Input("negative"),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 *budget_inputs(),

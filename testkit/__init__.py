@@ -4,48 +4,22 @@
 It provides one node, "Tiny Test Model Loader (hierdiff testkit, random weights)", which outputs
 MODEL, CLIP and VAE like CheckpointLoaderSimple, for a tiny SD1.5-architecture model whose weights are
 random (see ``tiny_model``). Its pictures are noise; it exists so that whole workflows run in seconds.
+
+The folder is also the installed package ``testkit``. Importing it imports no ComfyUI, so its
+ComfyUI-free modules work without the host; ``tiny_model``, ``tiny_families`` and ``nodes`` need
+ComfyUI importable and its arguments set first (``hierdiff_dev.host.prepare_comfy_imports``).
 """
 
-from comfy_api.latest import ComfyExtension, io
+from __future__ import annotations
 
-from .tiny_model import TINY_CHECKPOINT_NAME, load_tiny_model
+from typing import TYPE_CHECKING
 
-
-class TinyTestModelLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="HierTestTinyModelLoader",
-            display_name="Tiny Test Model Loader (hierdiff testkit, random weights)",
-            category="testing/hierdiff",
-            description=(
-                "TEST MODEL for hierdiff's tests and demo: a tiny SD1.5-architecture model with random "
-                f"weights (generated once as {TINY_CHECKPOINT_NAME} in the checkpoints folder). "
-                "It makes noise, not pictures."
-            ),
-            inputs=[
-                io.String.Input(
-                    "checkpoint",
-                    default="",
-                    optional=True,
-                    tooltip=(
-                        "Empty: the generated random tiny model. Otherwise a file in the checkpoints folder "
-                        "with the same tiny SD1.5 layout and metadata (for example a small trained model)."
-                    ),
-                ),
-            ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
-        )
-
-    @classmethod
-    def execute(cls, checkpoint: str = "") -> io.NodeOutput:
-        return io.NodeOutput(*load_tiny_model(checkpoint or None))
-
-
-class HierdiffTestkitExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyTestModelLoader]
+if TYPE_CHECKING:
+    from .nodes import HierdiffTestkitExtension
 
 
 async def comfy_entrypoint() -> HierdiffTestkitExtension:
+    """ComfyUI's V3 entry point; imports the node (and so ComfyUI) only when ComfyUI loads the pack."""
+    from .nodes import HierdiffTestkitExtension
+
     return HierdiffTestkitExtension()

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Fidelity benchmark: what does sharing steps cost in prompt adherence, on the trained shapes model?
 
-For each synthetic prompt set (``hierdiff_lab/prompt_sets``) and each target saving, through ComfyUI
-in this process (the test host's helper), on the CPU:
+For each synthetic prompt set (``hierdiff_core/prompt_sets``) and each target saving, through ComfyUI
+in this process (``hierdiff_dev.host``), on the CPU:
 
 - hierarchical: Prompt Set Cluster + Hierarchical KSampler at that target saving;
 - independent, full steps: the same node at tau = 0, i.e. stock KSampler per prompt with the same seed
@@ -24,15 +25,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "comfy"))  # the in-process host helper shared with the tests
+METHODS = ("hierarchical, prompt tree", "hierarchical, first-step tree", "independent, fewer steps")
+METRICS = ("attribute accuracy", "mean |pixel difference| from the full-step picture")
 
 
 @dataclasses.dataclass
@@ -124,7 +126,7 @@ def plot(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: P
     image.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=["variations", "attribute_grid", "wording"])
     parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.8])
@@ -135,135 +137,197 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default="normal", help="a ComfyUI scheduler name")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the trained shapes model")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "fidelity")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from host import InProcessHost, prepare_comfy_imports, tiny_model_module
+
+@dataclasses.dataclass
+class Bench:
+    """The model on the in-process host, and what the runs accumulate: the per-run table (header
+    first) and the curves, metric -> method -> target saving -> [(evaluations per image, value)], one
+    point per set and seed."""
+
+    args: argparse.Namespace
+    node_classes: dict[str, type]
+    model: Any
+    clip: Any
+    vae: Any
+    checkpoint: Path
+    started: float
+    rows: list[str]
+    curves: dict[str, dict[str, dict[float, list[tuple[float, float]]]]]
+
+    def generate(
+        self, prompts: list[str], settings: Any, budget: str, value: float, tree_from: str = "prompt_tree"
+    ) -> tuple[Any, Scores]:
+        """One Hierarchical KSampler run (``comfy_generation.Generation``) and its checker scores."""
+        from hierdiff_lab import comfy_generation
+
+        generation = comfy_generation.hierarchical(
+            self.node_classes, self.model, self.clip, self.vae, prompts, settings, budget, value, tree_from
+        )
+        return generation, score(generation.images, prompts, generation.model_evaluations)
+
+    def add_point(self, method: str, saving: float, scores: Scores, pixel_diff: float) -> None:
+        self.curves[METRICS[0]][method].setdefault(saving, []).append(
+            (scores.evaluations_per_image, scores.accuracy)
+        )
+        self.curves[METRICS[1]][method].setdefault(saving, []).append(
+            (scores.evaluations_per_image, pixel_diff)
+        )
+
+
+@dataclasses.dataclass
+class Reference:
+    """One prompt set and seed: its sampling settings and the full-step independent pictures."""
+
+    set_name: str
+    seed: int
+    prompts: list[str]
+    settings: Any  # comfy_generation.SamplingSettings
+    full: Any  # comfy_generation.Generation
+    scores: Scores
+    diversity: float
+
+
+def start_bench(args: argparse.Namespace) -> Bench:
+    """Start ComfyUI in this process, load the checkpoint through the testkit, create ``--out``."""
+    from hierdiff_dev.host import InProcessHost, prepare_comfy_imports
 
     base = Path(tempfile.mkdtemp(prefix="hierdiff-fidelity-"))
     prepare_comfy_imports(base)
     host = InProcessHost.start(base)
-    from hierdiff_lab import comfy_generation, synthetic, train
+    from hierdiff_lab import comfy_generation
+    from testkit.tiny_model import load_tiny_model
 
     checkpoint = args.checkpoint or comfy_generation.TRAINED_CHECKPOINT
-    model, clip, vae = tiny_model_module().load_tiny_model(str(checkpoint))
+    model, clip, vae = load_tiny_model(str(checkpoint))
     args.out.mkdir(parents=True, exist_ok=True)
-
-    methods = ("hierarchical, prompt tree", "hierarchical, first-step tree", "independent, fewer steps")
     header = (
         "| set | seed | target saving | method | evals/image | accuracy | all 5 | W/T/L vs full "
         "| W/T/L vs fewer | latent RMS diff | pixel diff | diversity (full) |"
     )
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    # metric -> method -> target saving -> [(evaluations per image, value)], one per set and seed
-    metrics = ("attribute accuracy", "mean |pixel difference| from the full-step picture")
-    curves: dict[str, dict[str, dict[float, list[tuple[float, float]]]]] = {
-        metric: {method: {} for method in methods} for metric in metrics
+    return Bench(
+        args=args,
+        node_classes=host.node_classes,
+        model=model,
+        clip=clip,
+        vae=vae,
+        checkpoint=checkpoint,
+        started=time.time(),
+        rows=[header, "|" + "---|" * (header.count("|") - 1)],
+        curves={metric: {method: {} for method in METHODS} for metric in METRICS},
+    )
+
+
+def run_reference(bench: Bench, set_name: str, seed: int) -> Reference:
+    """The full-step independent run of one set and seed; sharing nothing is a point of every curve."""
+    from hierdiff_lab import comfy_generation, synthetic, train
+
+    args = bench.args
+    prompts = synthetic.PROMPT_SETS[set_name]()
+    settings = comfy_generation.SamplingSettings(
+        seed=seed, steps=args.steps, cfg=args.cfg, sampler_name=args.sampler, scheduler=args.scheduler
+    )
+    full, full_scores = bench.generate(prompts, settings, "tau", 0.0)
+    for method in METHODS:
+        bench.add_point(method, 0.0, full_scores, 0.0)
+    train.save_grid(full.images, args.out / f"{set_name}-seed{seed}-independent.png", columns=8)
+    return Reference(set_name, seed, prompts, settings, full, full_scores, diversity(full.images))
+
+
+def compare_at_saving(bench: Bench, reference: Reference, saving: float) -> None:
+    """Both hierarchical methods and the fewer-steps baseline at one target saving: table rows (printed
+    as they come), curve points, and the hierarchical picture grids."""
+    from hierdiff_lab import train
+
+    prompts, settings = reference.prompts, reference.settings
+    fewer_steps = max(1, round(bench.args.steps * (1 - saving)))
+    fewer, fewer_scores = bench.generate(
+        prompts, dataclasses.replace(settings, steps=fewer_steps), "tau", 0.0
+    )
+    results = {
+        METHODS[0]: bench.generate(prompts, settings, "target_saving", saving),
+        METHODS[1]: bench.generate(prompts, settings, "target_saving", saving, tree_from="first_step"),
+        METHODS[2]: (fewer, fewer_scores),
     }
-    started = time.time()
-    for set_name, seed in itertools.product(args.sets, args.seeds):
-        prompts = synthetic.PROMPT_SETS[set_name]()
-        settings = comfy_generation.SamplingSettings(
-            seed=seed, steps=args.steps, cfg=args.cfg, sampler_name=args.sampler, scheduler=args.scheduler
+    for method, (generation, scores) in results.items():
+        latent_diff, pixel_diff = difference(generation, reference.full)
+        bench.add_point(method, saving, scores, pixel_diff)
+        steps_note = f" ({fewer_steps} steps)" if method == METHODS[2] else ""
+        versus_fewer = "" if method == METHODS[2] else win_tie_loss(scores, fewer_scores)
+        bench.rows.append(
+            f"| {reference.set_name} | {reference.seed} | {saving:.2f} | {method} "
+            f"| {scores.evaluations_per_image:.2f}"
+            f"{steps_note} | {scores.accuracy:.3f} | {scores.acceptance:.2f} "
+            f"| {win_tie_loss(scores, reference.scores)} | {versus_fewer} | {latent_diff:.3f} "
+            f"| {pixel_diff:.1f} | {diversity(generation.images):.1f} ({reference.diversity:.1f}) |"
         )
+        print(bench.rows[-1], f"  [{time.time() - bench.started:.0f}s]", flush=True)
+    stem = f"{reference.set_name}-seed{reference.seed}-saving{saving:.2f}"
+    train.save_grid(results[METHODS[0]][0].images, bench.args.out / f"{stem}.png", columns=8)
+    train.save_grid(results[METHODS[1]][0].images, bench.args.out / f"{stem}-first-step.png", columns=8)
 
-        def run(
-            budget: str,
-            value: float,
-            steps: int = args.steps,
-            tree_from: str = "prompt_tree",
-            prompts=prompts,
-            settings=settings,
-        ):
-            generation = comfy_generation.hierarchical(
-                host.node_classes,
-                model,
-                clip,
-                vae,
-                prompts,
-                dataclasses.replace(settings, steps=steps),
-                budget,
-                value,
-                tree_from,
-            )
-            return generation, score(generation.images, prompts, generation.model_evaluations)
 
-        full, full_scores = run("tau", 0.0)
-        for method in methods:  # sharing nothing is a point of every curve
-            curves[metrics[0]][method].setdefault(0.0, []).append(
-                (full_scores.evaluations_per_image, full_scores.accuracy)
-            )
-            curves[metrics[1]][method].setdefault(0.0, []).append((full_scores.evaluations_per_image, 0.0))
-        train.save_grid(full.images, args.out / f"{set_name}-seed{seed}-independent.png", columns=8)
-        full_diversity = diversity(full.images)
-        for saving in args.savings:
-            fewer_steps = max(1, round(args.steps * (1 - saving)))
-            fewer, fewer_scores = run("tau", 0.0, steps=fewer_steps)
-            results = {
-                methods[0]: run("target_saving", saving),
-                methods[1]: run("target_saving", saving, tree_from="first_step"),
-                methods[2]: (fewer, fewer_scores),
-            }
-            for method, (generation, scores) in results.items():
-                latent_diff, pixel_diff = difference(generation, full)
-                curves[metrics[0]][method].setdefault(saving, []).append(
-                    (scores.evaluations_per_image, scores.accuracy)
-                )
-                curves[metrics[1]][method].setdefault(saving, []).append(
-                    (scores.evaluations_per_image, pixel_diff)
-                )
-                steps_note = f" ({fewer_steps} steps)" if method == methods[2] else ""
-                versus_fewer = "" if method == methods[2] else win_tie_loss(scores, fewer_scores)
-                rows.append(
-                    f"| {set_name} | {seed} | {saving:.2f} | {method} | {scores.evaluations_per_image:.2f}"
-                    f"{steps_note} | {scores.accuracy:.3f} | {scores.acceptance:.2f} "
-                    f"| {win_tie_loss(scores, full_scores)} | {versus_fewer} | {latent_diff:.3f} "
-                    f"| {pixel_diff:.1f} | {diversity(generation.images):.1f} ({full_diversity:.1f}) |"
-                )
-                print(rows[-1], f"  [{time.time() - started:.0f}s]", flush=True)
-            train.save_grid(
-                results[methods[0]][0].images,
-                args.out / f"{set_name}-seed{seed}-saving{saving:.2f}.png",
-                columns=8,
-            )
-            train.save_grid(
-                results[methods[1]][0].images,
-                args.out / f"{set_name}-seed{seed}-saving{saving:.2f}-first-step.png",
-                columns=8,
-            )
-
-    # Means over sets and seeds: the summary table and the plot.
-    means = {
+def mean_curves(bench: Bench) -> dict[str, dict[str, dict[float, tuple[float, float]]]]:
+    """The curves' points averaged over sets and seeds."""
+    return {
         metric: {
             method: {key: tuple(np.mean(runs, axis=0)) for key, runs in by_key.items()}
             for method, by_key in by_method.items()
         }
-        for metric, by_method in curves.items()
+        for metric, by_method in bench.curves.items()
     }
+
+
+def summary_table(bench: Bench, means: dict) -> list[str]:
+    """Markdown rows: the full-step independent run, then each saving and method."""
+    args = bench.args
     summary = [
         "| target saving | method | evals/image | accuracy | pixel diff from full |",
         "|---|---|---|---|---|",
-        f"| 0 | independent, {args.steps} steps | {means[metrics[0]][methods[2]][0.0][0]:.2f} "
-        f"| {means[metrics[0]][methods[2]][0.0][1]:.3f} | 0 |",
+        f"| 0 | independent, {args.steps} steps | {means[METRICS[0]][METHODS[2]][0.0][0]:.2f} "
+        f"| {means[METRICS[0]][METHODS[2]][0.0][1]:.3f} | 0 |",
     ]
     for saving in args.savings:
-        for method in methods:
-            evaluations, accuracy = means[metrics[0]][method][saving]
+        for method in METHODS:
+            evaluations, accuracy = means[METRICS[0]][method][saving]
             summary.append(
                 f"| {saving:.2f} | {method} | {evaluations:.2f} | {accuracy:.3f} "
-                f"| {means[metrics[1]][method][saving][1]:.1f} |"
+                f"| {means[METRICS[1]][method][saving][1]:.1f} |"
             )
+    return summary
+
+
+def write_results(bench: Bench, means: dict, summary: list[str]) -> None:
+    """The plot (accuracy_vs_evaluations.png) and both tables (fidelity_table.md) in ``--out``."""
+    args = bench.args
     panels = [
         (metric, {method: list(by_key.values()) for method, by_key in by_method.items()})
         for metric, by_method in means.items()
     ]
-    title = f"{checkpoint.name}, {args.sampler}/{args.scheduler} {args.steps} steps, mean over sets and seeds"
+    title = (
+        f"{bench.checkpoint.name}, {args.sampler}/{args.scheduler} {args.steps} steps, "
+        "mean over sets and seeds"
+    )
     plot(panels, args.out / "accuracy_vs_evaluations.png", title)
-    text = "\n".join(summary) + "\n\n" + "\n".join(rows) + "\n"
+    text = "\n".join(summary) + "\n\n" + "\n".join(bench.rows) + "\n"
     (args.out / "fidelity_table.md").write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = start_bench(args)
+    for set_name, seed in itertools.product(args.sets, args.seeds):
+        reference = run_reference(bench, set_name, seed)
+        for saving in args.savings:
+            compare_at_saving(bench, reference, saving)
+    means = mean_curves(bench)
+    summary = summary_table(bench, means)
+    write_results(bench, means, summary)
     print("\n" + "\n".join(summary))
     print(
         f"\nwrote {args.out}/fidelity_table.md, accuracy_vs_evaluations.png and picture grids "
-        f"({time.time() - started:.0f}s)"
+        f"({time.time() - bench.started:.0f}s)"
     )
     return 0
 

@@ -22,13 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field", "an old castle"]
 
 
 def measure(n: int, side: int, steps: int) -> dict:
-    sys.path.append(str(REPO / "tests" / "comfy"))
-    from host import InProcessHost, prepare_comfy_imports, tiny_model_module
+    from hierdiff_dev.host import InProcessHost, prepare_comfy_imports
 
     base = Path(tempfile.mkdtemp(prefix="hierdiff-mem-"))
     prepare_comfy_imports(base)
@@ -37,9 +35,10 @@ def measure(n: int, side: int, steps: int) -> dict:
     import torch
 
     import nodes as comfy_nodes
+    from testkit.tiny_model import load_tiny_model
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    model, clip, _ = tiny_model_module().load_tiny_model()
+    model, clip, _ = load_tiny_model()
     classes = host.node_classes
     prompts = (PROMPTS * (n // len(PROMPTS) + 1))[:n]
     prompt_set = classes["HierPromptSetCluster"].execute(

@@ -78,7 +78,8 @@ def main() -> None:
         child(*args.child)
         return
 
-    from hierdiff_core.embed import encode_prompts, read_prompts
+    from hierdiff_core.embed import encode_prompts
+    from hierdiff_core.prompts import read_prompts
     from hierdiff_core.tree import DEFAULT_BUCKET_SIZE, DEFAULT_MAX_EXACT
 
     if args.embeddings:

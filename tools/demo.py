@@ -25,22 +25,21 @@ import argparse
 import dataclasses
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
-import make_example_workflows as examples
-from comfy_server import REPO_ROOT, ComfyHostError, ComfyServer
-
+from hierdiff_core.prompts import embedded_prompt_set, read_prompts
 from hierdiff_core.report import savings_table
-from hierdiff_core.schedule import BranchSchedule
+from hierdiff_core.schedule import Plan
+from hierdiff_dev import REPO_ROOT, ComfyHostError, examples
+from hierdiff_dev.server import ComfyServer
 
-# name -> (package holding prompt_sets/, file stem)
-EMBEDDED_PROMPT_SETS = {
-    "shapes_variations": ("hierdiff_lab", "variations"),
-    "shapes_grid": ("hierdiff_lab", "attribute_grid"),
-    "shapes_wording": ("hierdiff_lab", "wording"),
-    "demo": ("hierdiff_core", "demo"),
-    "style_variations": ("hierdiff_core", "style_variations"),
+# the demo's --prompt-set name -> the embedded prompt set's name (hierdiff_core.prompts)
+DEMO_PROMPT_SETS = {
+    "shapes_variations": "variations",
+    "shapes_grid": "attribute_grid",
+    "shapes_wording": "wording",
+    "demo": "demo",
+    "style_variations": "style_variations",
 }
 TRAINED_CHECKPOINT = REPO_ROOT / "hierdiff_lab" / "weights" / "shapes-t2i.safetensors"
 # What each model is made for: the trained one at its training size and a moderate guidance.
@@ -52,17 +51,12 @@ MODEL_SETTINGS = {
 }
 
 
-def read_prompts(path: Path | None, prompt_set: str) -> list[str]:
+def demo_prompts(path: Path | None, prompt_set: str) -> list[str]:
     """One prompt per line, blank lines ignored: from ``path``, or else an embedded prompt set."""
-    if path is not None:
-        text = path.read_text(encoding="utf-8")
-    else:
-        package, stem = EMBEDDED_PROMPT_SETS[prompt_set]
-        text = (resources.files(package) / "prompt_sets" / f"{stem}.txt").read_text(encoding="utf-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise SystemExit(f"demo: no prompts in {path or prompt_set}")
-    return prompts
+    try:
+        return read_prompts(path) if path is not None else embedded_prompt_set(DEMO_PROMPT_SETS[prompt_set])
+    except ValueError as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 def run_set(server: ComfyServer, name: str, prompts: list[str], args: argparse.Namespace) -> None:
@@ -94,7 +88,7 @@ def run_set(server: ComfyServer, name: str, prompts: list[str], args: argparse.N
 
     ids = {node.key: str(index + 1) for index, node in enumerate(tiny.nodes)}
     preview = entry["outputs"][ids["preview"]]
-    schedule = BranchSchedule.from_json(preview["hierdiff_plan"][0])
+    schedule = Plan.from_json(preview["hierdiff_plan"][0])
     results = server.base_dir / "output" / "hierdiff" / name
     results.mkdir(parents=True, exist_ok=True)
     (results / "plan.json").write_text(schedule.to_json(indent=1) + "\n", encoding="utf-8")
@@ -117,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=sorted(MODEL_SETTINGS), default="trained")
     parser.add_argument(
         "--prompt-set",
-        choices=list(EMBEDDED_PROMPT_SETS),
+        choices=list(DEMO_PROMPT_SETS),
         nargs="+",
         default=["shapes_variations", "shapes_grid"],
         help="embedded prompt sets, one workflow run each",
@@ -136,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sets = (
-        {args.prompts.stem: read_prompts(args.prompts, "")}
+        {args.prompts.stem: demo_prompts(args.prompts, "")}
         if args.prompts
-        else {name: read_prompts(None, name) for name in args.prompt_set}
+        else {name: demo_prompts(None, name) for name in args.prompt_set}
     )
     server = ComfyServer(args.out.resolve())
     print(f"demo: starting ComfyUI on {server.url} (base directory {server.base_dir})")

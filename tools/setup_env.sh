@@ -39,11 +39,25 @@ if [ ! -f "$COMFY/main.py" ]; then
   rm -rf "$tmp"
 fi
 
+# ComfyUI's top-level modules (comfy, nodes, folder_paths, ...) importable in .venv without any
+# import-path edit in our code: a .pth file naming the host folder (Python appends it after site-packages).
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+pth="$site/hierdiff-comfyui.pth"
+if [ "$(cat "$pth" 2>/dev/null)" != "$COMFY" ]; then
+  echo "[setup] putting $COMFY on the import path ($pth)"
+  echo "$COMFY" > "$pth"
+  rm -f "$(stamp deps)"  # re-check the import path below
+fi
+
 reqs_hash=$(cat "$COMFY/requirements.txt" pyproject.toml requirements.txt 2>/dev/null | sha256sum | cut -c1-16)
 if ! fresh deps "$reqs_hash"; then
   echo "[setup] installing ComfyUI requirements, the pack (editable) and test tools"
   $PIP install -q -r "$COMFY/requirements.txt" requests
+  # Editable: hierdiff_core, hierdiff_diffusers, hierdiff_lab, hierdiff_dev and testkit import from
+  # this tree, each mapped by name (the repository root itself never goes on the import path).
   $PIP install -q -e ".[test]"
+  # Nothing installed hides ComfyUI's modules, and our nodes/ folder does not either.
+  "$VENV/bin/python" -P -m hierdiff_dev.environment
   mark deps "$reqs_hash"
 fi
 echo "[setup] ready: $VENV"

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 // Framework-free model and painter for a hierdiff plan (the JSON of hierdiff_core.schedule
-// BranchSchedule.to_dict()): a dendrogram laid against the step axis. A bare tree (PromptTree.to_dict(),
+// Plan.to_dict()): a dendrogram laid against the step axis. A bare tree (PromptTree.to_dict(),
 // what Prompt Set Cluster reports before any steps are known) is drawn the same way against its merge
 // heights. No ComfyUI imports here, so the layout can be tested under plain Node.
 

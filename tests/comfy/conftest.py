@@ -3,7 +3,7 @@
 
 Fixtures (all session-scoped):
 
-``comfy_host`` -> ``host.InProcessHost``
+``comfy_host`` -> ``hierdiff_dev.host.InProcessHost``
     ComfyUI's executor in this process, on the CPU, with the pack (module ``custom_nodes.hierdiff``) and
     the testkit (``custom_nodes.hierdiff_testkit``) loaded by ``nodes.load_custom_node``; the session
     fails loudly, with the import error, if either does not load.
@@ -11,10 +11,10 @@ Fixtures (all session-scoped):
     (``execution.PromptExecutor``) an API-format prompt; ``RunResult.outputs`` is node id -> UI output
     (as in /history), ``RunResult.events("progress")`` etc. are the messages sent, and
     ``RunResult.image_paths(node_id)`` the files a SaveImage node wrote. Failures raise
-    ``host.ComfyHostError`` with ComfyUI's error text. ``comfy_host.node_classes`` is ComfyUI's
-    NODE_CLASS_MAPPINGS; ``comfy_host.node_ids_of(host.PACK_LINK_NAME)`` the pack's node ids.
+    ``hierdiff_dev.ComfyHostError`` with ComfyUI's error text. ``comfy_host.node_classes`` is ComfyUI's
+    NODE_CLASS_MAPPINGS; ``comfy_host.node_ids_of(hierdiff_dev.PACK_LINK_NAME)`` the pack's node ids.
 
-``comfy_server`` -> ``host.ComfyServer``
+``comfy_server`` -> ``hierdiff_dev.server.ComfyServer``
     A real headless server (``main.py --cpu``) on a free 127.0.0.1 port, all folders in a temporary
     base directory, the same two packs in its ``custom_nodes/``. ``object_info()``, ``queue(prompt) ->
     prompt_id``, ``wait(prompt_id) -> history entry``, ``run(prompt) -> history entry``,
@@ -23,8 +23,9 @@ Fixtures (all session-scoped):
 ``tiny_model`` -> ``(ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE)``
     The testkit's tiny SD1.5-architecture model with random weights, loaded in-process (needs
     ``comfy_host``). Shared by the whole session: ``model.clone()`` before patching or wrapping it.
-    Node id of its loader: ``host.TINY_LOADER``; ``host.basic_workflow(prompts)`` builds the API prompt
-    load -> encode -> KSampler -> decode -> save (node ids "loader", "positive_i", ..., "save_i").
+    Node id of its loader: ``hierdiff_dev.TINY_LOADER``; ``hierdiff_dev.workflows.basic_workflow(prompts)``
+    builds the API prompt load -> encode -> KSampler -> decode -> save (node ids "loader",
+    "positive_i", ..., "save_i").
 
 ComfyUI reads its arguments when ``comfy.model_management`` and ``folder_paths`` are first imported,
 so this file prepares them at import time: test modules in this folder may ``import comfy...`` at the
@@ -38,9 +39,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from host import ComfyHostError, ComfyServer, InProcessHost, prepare_comfy_imports, tiny_model_module
 
-if not (Path(__file__).resolve().parents[2] / ".comfyui" / "main.py").is_file():
+from hierdiff_dev import COMFY_ROOT, ComfyHostError
+from hierdiff_dev.host import InProcessHost, prepare_comfy_imports
+from hierdiff_dev.server import ComfyServer
+
+if not (COMFY_ROOT / "main.py").is_file():
     raise RuntimeError("the ComfyUI host is missing: run tools/setup_env.sh (make test does)")
 
 # One base directory per test process for the in-process host (models, output, temp, input, user).
@@ -84,4 +88,6 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_model(comfy_host: InProcessHost):
-    return tiny_model_module().load_tiny_model()
+    from testkit.tiny_model import load_tiny_model  # imports ComfyUI: after prepare_comfy_imports
+
+    return load_tiny_model()

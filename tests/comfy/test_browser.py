@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from host import PACK_LINK_NAME as PACK
-from host import REPO_ROOT, ComfyServer
 
 from hierdiff_core.schedule import plan
 from hierdiff_core.tree import build_tree
-
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import make_example_workflows as examples  # noqa: E402
+from hierdiff_dev import PACK_LINK_NAME as PACK
+from hierdiff_dev import REPO_ROOT, examples
+from hierdiff_dev.server import ComfyServer
 
 BROWSER_DIR = REPO_ROOT / "tests" / "browser"
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"

@@ -203,9 +203,9 @@ def test_model_sees_exactly_the_planned_evaluations(comfy, cfg):
     model, counter = counting(comfy.model)
     steps = 10
     out = hier_ksampler(comfy, tree, model=model, cfg=cfg, budget="target_saving", value=0.4, steps=steps)
-    from hierdiff_core.schedule import BranchSchedule
+    from hierdiff_core.schedule import Plan
 
-    schedule = BranchSchedule.from_json(out.args[1])
+    schedule = Plan.from_json(out.args[1])
     assert len(set(schedule.evaluations_per_step.tolist())) >= 3, "the set should split several times"
     guidance = 2 if cfg != 1.0 else 1
     assert counter["rows"] == guidance * schedule.model_evaluations
@@ -227,9 +227,9 @@ def test_first_step_tree_costs_one_evaluation_per_prompt_counted_in_the_plan(com
         comfy, tree, model=model, cfg=cfg, budget="target_saving", value=0.4, steps=steps,
         tree_from="first_step",
     )
-    from hierdiff_core.schedule import BranchSchedule
+    from hierdiff_core.schedule import Plan
 
-    schedule = BranchSchedule.from_json(out.args[1])
+    schedule = Plan.from_json(out.args[1])
     assert schedule.probe_evaluations == n
     assert schedule.model_evaluations == int(schedule.evaluations_per_step.sum()) + n
     assert (schedule.tree.method, schedule.tree.metric) == ("ward", "euclidean")
@@ -311,7 +311,7 @@ def test_guider_with_sampler_custom_advanced_equals_hierarchical_ksampler(comfy,
     ksampler = hier_ksampler(comfy, tree, budget="target_saving", value=0.3, tree_from=tree_from).args[0]
     assert custom["samples"].shape == ksampler["samples"].shape
     assert_close(custom["samples"], ksampler["samples"], "guider against HierKSampler")
-    assert guider.schedule.probe_evaluations == (len(SET_WITH_SPLITS) if tree_from == "first_step" else 0)
+    assert guider.plan.probe_evaluations == (len(SET_WITH_SPLITS) if tree_from == "first_step" else 0)
 
 
 def test_model_patches_from_upstream_are_honoured(comfy):
@@ -340,7 +340,7 @@ def test_medoid_mix_conditions_groups_on_a_member(comfy):
 
 
 def test_every_sampler_node_reports_the_plan_and_progress(comfy_host):
-    from host import decoded_and_saved, hier_sampling_inputs, prompt_tree_workflow
+    from hierdiff_dev.workflows import decoded_and_saved, hier_sampling_inputs, prompt_tree_workflow
 
     sampler = {
         "class_type": "HierKSampler",

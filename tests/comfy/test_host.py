@@ -10,8 +10,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from host import PACK_LINK_NAME, TESTKIT_LINK_NAME, TINY_LOADER, basic_workflow, tiny_model_module
 from PIL import Image
+
+from hierdiff_dev import PACK_LINK_NAME, TESTKIT_LINK_NAME, TINY_LOADER
+from hierdiff_dev.workflows import basic_workflow
 
 PROMPTS = ["a red cat on a sofa", "a blue dog on a beach"]
 SIZE = 128  # pixels; the tiny VAE down-samples 8x, so latents are 4 x 16 x 16
@@ -128,7 +130,8 @@ def test_generated_checkpoint_loads_the_way_checkpoints_load(comfy_host, tiny_mo
     import comfy.utils
     import folder_paths
 
-    tiny = tiny_model_module()
+    from testkit import tiny_model as tiny
+
     assert tiny.TINY_CHECKPOINT_NAME in folder_paths.get_filename_list("checkpoints")
     path = folder_paths.get_full_path_or_raise("checkpoints", tiny.TINY_CHECKPOINT_NAME)
     state_dict = comfy.utils.load_torch_file(path)
@@ -155,7 +158,8 @@ def test_generated_checkpoint_loads_the_way_checkpoints_load(comfy_host, tiny_mo
 def test_loader_node_takes_another_checkpoint_by_file_name(comfy_host):
     import folder_paths
 
-    tiny = tiny_model_module()
+    from testkit import tiny_model as tiny
+
     name = "hierdiff-tiny-other-seed.safetensors"
     tiny.write_checkpoint(os.path.join(folder_paths.get_folder_paths("checkpoints")[0], name), seed=7)
     default = comfy_host.run(basic_workflow(PROMPTS[:1], steps=2, width=SIZE, height=SIZE))
@@ -166,7 +170,8 @@ def test_loader_node_takes_another_checkpoint_by_file_name(comfy_host):
 
 
 def test_checkpoint_is_never_half_written(comfy_host, tmp_path, monkeypatch):
-    tiny = tiny_model_module()
+    from testkit import tiny_model as tiny
+
     target = tmp_path / "tiny.safetensors"
 
     def fail(seed):
@@ -184,7 +189,8 @@ def test_checkpoint_is_never_half_written(comfy_host, tmp_path, monkeypatch):
 def test_loader_rejects_a_checkpoint_without_the_tiny_metadata(comfy_host, tmp_path):
     import safetensors.torch
 
-    tiny = tiny_model_module()
+    from testkit import tiny_model as tiny
+
     plain = tmp_path / "plain.safetensors"
     safetensors.torch.save_file(
         {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3)}, plain

@@ -20,7 +20,6 @@ import sys
 
 import pytest
 import torch
-from host import tiny_model_module
 
 from hierdiff_core.engine import group_mean
 from hierdiff_core.tree import build_tree
@@ -41,7 +40,6 @@ def comfy(comfy_host):
     import nodes as comfy_nodes
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    tiny_model_module()  # puts the repository root on sys.path for the testkit package
     import testkit.tiny_families as families
 
     classes = comfy_host.node_classes
@@ -107,7 +105,7 @@ SHARING_STEPS = 6
 def run_sharing_half(comfy, model, prompt_set, family: str, calls: list[dict]):
     """HierKSampler over SET_WITH_SPLITS at a 50 % target saving (cfg 5, SHARING_STEPS steps) on a
     ``recording`` model; checks that the first step shares and the rows are the plan's; returns the plan."""
-    from hierdiff_core.schedule import BranchSchedule
+    from hierdiff_core.schedule import Plan
 
     out = hier_ksampler(
         comfy,
@@ -120,7 +118,7 @@ def run_sharing_half(comfy, model, prompt_set, family: str, calls: list[dict]):
         value=0.5,
         steps=SHARING_STEPS,
     )
-    schedule = BranchSchedule.from_json(out.args[1])
+    schedule = Plan.from_json(out.args[1])
     assert schedule.evaluations_per_step[0] < len(SET_WITH_SPLITS), "the first step should share"
     assert sum(call["rows"] for call in calls) == 2 * schedule.model_evaluations
     return schedule
@@ -190,8 +188,8 @@ UNCLIP_NOISE_AUGMENTATION = 0.1
 def unclip(comfy, tmp_path_factory):
     """The tiny unCLIP model, a base conditioning, and HierPriorEmbed's PROMPT_TREE over SET_WITH_SPLITS
     from a tiny Kandinsky prior whose image embeddings are as wide as the model's unCLIP input."""
-    from hierdiff_core.prior import load_prior
-    from hierdiff_core.tiny_kandinsky import build_tiny_prior  # imports diffusers: only when needed
+    from hierdiff_diffusers.prior import load_prior
+    from testkit.tiny_kandinsky import build_tiny_prior  # imports diffusers: only when needed
 
     folder = build_tiny_prior(
         tmp_path_factory.mktemp("prior") / "tiny-prior", seed=0, embedding_dim=comfy.tiny.UNCLIP_EMBEDDING_DIM
@@ -233,12 +231,12 @@ def test_unclip_prior_tree_at_tau_zero_equals_stock_unclip_conditioning_per_prom
 def assert_first_step_tree_is_exact_at_tau_zero(comfy, model, prompt_set, negative, latent, cfg) -> None:
     """The first-step tree changes the grouping only: at tau = 0 the pictures are ordinary sampling's, and
     the plan counts one probe evaluation per prompt."""
-    from hierdiff_core.schedule import BranchSchedule
+    from hierdiff_core.schedule import Plan
 
     plain = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=cfg).args[0]["samples"]
     probed = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=cfg, tree_from="first_step")
     assert_close(probed.args[0]["samples"], plain, "first-step tree at tau 0")
-    schedule = BranchSchedule.from_json(probed.args[1])
+    schedule = Plan.from_json(probed.args[1])
     assert schedule.probe_evaluations == prompt_set.tree.n_prompts
     assert schedule.tree.metric == "euclidean"
 

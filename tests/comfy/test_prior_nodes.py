@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from host import TINY_LOADER
 
-from hierdiff_core.prior import embed_prompts_with_prior, load_prior, prior_tree
-from hierdiff_core.tiny_kandinsky import build_tiny_prior
 from hierdiff_core.tree import PromptTree
+from hierdiff_dev import TINY_LOADER
+from hierdiff_diffusers.prior import embed_prompts_with_prior, load_prior, prior_tree
+from testkit.tiny_kandinsky import build_tiny_prior
 
 PROMPTS = ["a red cat on a sofa", "a red cat on a chair", "a blue car", "a green car at night"]
 PRIOR_NAME = "tiny-kandinsky-prior-TEST"
@@ -116,7 +116,7 @@ def test_prior_tree_on_a_text_conditioned_model_is_refused_by_name(comfy_host, t
 def test_missing_and_incomplete_prior_folders_give_one_line_errors(comfy_host, prior_folder, tmp_path):
     import folder_paths
 
-    from hierdiff_core.prior import PriorFolderError
+    from hierdiff_diffusers.prior import PriorFolderError
 
     loader = comfy_host.node_classes["HierPriorLoader"]
     with pytest.raises(ValueError, match="prior 'no-such-prior' not found in the unclip_priors folders"):

@@ -6,7 +6,14 @@ from __future__ import annotations
 import time
 
 import requests
-from host import decoded_and_saved, hier_sampling_inputs, prompt_tree_workflow
+
+from hierdiff_dev.workflows import (
+    decoded_and_saved,
+    guider_workflow,
+    hier_sampling_inputs,
+    prompt_tree_workflow,
+    trunk_and_branch_workflow,
+)
 
 PROMPTS = ["a red cat on a sofa", "a red cat on a chair", "a blue dog in the snow", "an old castle at night"]
 NODE_IDS = {
@@ -29,30 +36,7 @@ def test_object_info_lists_every_hierarchical_node_in_its_category(comfy_server)
 
 
 def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
-    graph = prompt_tree_workflow(PROMPTS)
-    graph["trunk"] = {
-        "class_type": "HierSharedTrunkSampler",
-        "inputs": {
-            "model": ["loader", 0],
-            "prompt_tree": ["cluster", 0],
-            "negative": ["negative", 0],
-            "latent_image": ["latent", 0],
-            "end_at_step": 3,
-            **hier_sampling_inputs(6),
-        },
-    }
-    graph["branch"] = {
-        "class_type": "HierBranchSampler",
-        "inputs": {
-            "model": ["loader", 0],
-            "hier_latent": ["trunk", 0],
-            "negative": ["negative", 0],
-            "cfg": 6.0,
-            "sampler_name": "dpmpp_2m",
-            "end_at_step": 10000,
-        },
-    }
-    entry = comfy_server.run(decoded_and_saved(graph, ["branch", 0]))
+    entry = comfy_server.run(trunk_and_branch_workflow(PROMPTS))
     images = entry["outputs"]["save"]["images"]
     assert len(images) == len(PROMPTS)
     assert comfy_server.view(images[0]).startswith(b"\x89PNG")
@@ -60,42 +44,7 @@ def test_trunk_and_branch_workflow_writes_one_image_per_prompt(comfy_server):
 
 
 def test_guider_workflow_with_sampler_custom_advanced(comfy_server):
-    graph = prompt_tree_workflow(PROMPTS)
-    graph.update(
-        {
-            "guider": {
-                "class_type": "HierGuider",
-                "inputs": {
-                    "model": ["loader", 0],
-                    "prompt_tree": ["cluster", 0],
-                    "negative": ["negative", 0],
-                    "cfg": 6.0,
-                    "budget": "tau",
-                    "budget_value": 0.3,
-                    "max_batch": 2,
-                    "noise_mode": "per_root",
-                    "conditioning_mix": "medoid",
-                },
-            },
-            "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}},
-            "sigmas": {
-                "class_type": "BasicScheduler",
-                "inputs": {"model": ["loader", 0], "scheduler": "karras", "steps": 5, "denoise": 1.0},
-            },
-            "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 11}},
-            "custom": {
-                "class_type": "SamplerCustomAdvanced",
-                "inputs": {
-                    "noise": ["noise", 0],
-                    "guider": ["guider", 0],
-                    "sampler": ["select", 0],
-                    "sigmas": ["sigmas", 0],
-                    "latent_image": ["latent", 0],
-                },
-            },
-        }
-    )
-    entry = comfy_server.run(decoded_and_saved(graph, ["custom", 0]))
+    entry = comfy_server.run(guider_workflow(PROMPTS))
     assert len(entry["outputs"]["save"]["images"]) == len(PROMPTS)
 
 

@@ -9,9 +9,9 @@ builds.
 
 import numpy as np
 import pytest
-from host import basic_workflow, tiny_model_module
 from PIL import Image
 
+from hierdiff_dev.workflows import basic_workflow
 from hierdiff_lab import checker, comfy_generation, synthetic, train
 
 MINIMUM_RATES = {
@@ -26,7 +26,9 @@ MINIMUM_RATES = {
 
 @pytest.fixture(scope="module")
 def trained_model(comfy_host):
-    return tiny_model_module().load_tiny_model(str(comfy_generation.TRAINED_CHECKPOINT))
+    from testkit.tiny_model import load_tiny_model
+
+    return load_tiny_model(str(comfy_generation.TRAINED_CHECKPOINT))
 
 
 def test_trained_checkpoint_loads_like_the_tiny_test_model(trained_model):

@@ -12,10 +12,13 @@ PROMPTS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "prompts"
 
 @pytest.fixture(scope="session")
 def prompt_set():
-    """prompt_set(name) -> list of prompts from ../shared/prompts/NAME.txt; skips when absent."""
-    from hierdiff_core.embed import read_prompts
+    """prompt_set(name) -> list of prompts: an embedded set (hierdiff_core.prompts), else the large sets
+    kept out of the package (animals, prompt_templates) from ../shared/prompts/NAME.txt; skips when absent."""
+    from hierdiff_core.prompts import EMBEDDED_PROMPT_SETS, embedded_prompt_set, read_prompts
 
     def load(name: str) -> list[str]:
+        if name in EMBEDDED_PROMPT_SETS:
+            return embedded_prompt_set(name)
         path = PROMPTS_DIR / f"{name}.txt"
         if not path.is_file():
             pytest.skip(f"real prompt set {path} is absent (../shared is not beside this checkout)")

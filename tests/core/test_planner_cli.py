@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hierdiff_core.cli import main
-from hierdiff_core.schedule import BranchSchedule, plan
+from hierdiff_core.schedule import Plan, plan
 from hierdiff_core.tree import build_tree
 
 
@@ -45,7 +45,7 @@ def test_plan_json_matches_the_library(capsys, demo_files):
     assert data["prompts"] == prompts and data["steps"] == 40
     assert data["independent_evaluations"] == 240 and data["saving"] >= 0.5
     assert data["model_evaluations"] == sum(data["evaluations_per_step"])
-    assert BranchSchedule.from_dict(data).tau == data["tau"]
+    assert Plan.from_dict(data).tau == data["tau"]
 
 
 def test_plan_runs_the_packaged_encoder_without_embeddings(capsys, demo_files):

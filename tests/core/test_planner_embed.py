@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hierdiff_core.embed import EMBEDDING_DIM, read_prompts, validate_embeddings
+from hierdiff_core.embed import EMBEDDING_DIM, validate_embeddings
+from hierdiff_core.prompts import read_prompts
 
 
 def test_read_prompts_strips_and_skips_blank_lines(tmp_path):

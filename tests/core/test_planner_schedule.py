@@ -1,4 +1,4 @@
-"""BranchSchedule and plan(): agreement with a brute-force cut per step, budgets, accounting, JSON."""
+"""Plan and plan(): agreement with a brute-force cut per step, budgets, accounting, JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.cluster.hierarchy import fcluster
 
-from hierdiff_core.schedule import BranchSchedule, plan, thresholds
+from hierdiff_core.schedule import Plan, plan, thresholds
 from hierdiff_core.tree import build_tree
 
 STEPS = 40
@@ -192,10 +192,10 @@ def test_plan_json_round_trips_unchanged(embedded):
         assert key in data
     assert data["format"] == "hierdiff.plan" and data["version"] == 1
     assert data["prompts"] == prompts and data["linkage"]["method"] == "ward"
-    again = BranchSchedule.from_json(text)
+    again = Plan.from_json(text)
     assert again.to_dict() == schedule.to_dict()
     assert again.to_json() == text
-    assert BranchSchedule.from_dict(json.loads(text)).budget == ("target_saving", 0.5)
+    assert Plan.from_dict(json.loads(text)).budget == ("target_saving", 0.5)
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5])
@@ -221,21 +221,21 @@ def test_plan_json_carries_the_probe_and_reads_plans_written_before_it(embedded)
     schedule = plan(build_tree(E), STEPS, tau=0.5, probe_evaluations=6)
     data = schedule.to_dict()
     assert data["probe_evaluations"] == 6
-    assert BranchSchedule.from_dict(data).to_dict() == data
+    assert Plan.from_dict(data).to_dict() == data
     older = plan(build_tree(E), STEPS, tau=0.5).to_dict()
     del older["probe_evaluations"]
-    assert BranchSchedule.from_dict(older).probe_evaluations == 0
+    assert Plan.from_dict(older).probe_evaluations == 0
 
 
 def test_plan_json_with_edited_counts_is_rejected(embedded):
     _, E = embedded("demo")
     data = plan(build_tree(E), STEPS, tau=0.5).to_dict()
     with pytest.raises(ValueError, match="'model_evaluations' disagrees"):
-        BranchSchedule.from_dict({**data, "model_evaluations": 1})
+        Plan.from_dict({**data, "model_evaluations": 1})
     with pytest.raises(ValueError, match="not a hierdiff plan"):
-        BranchSchedule.from_dict({**data, "format": "other"})
+        Plan.from_dict({**data, "format": "other"})
     with pytest.raises(ValueError, match="not valid JSON"):
-        BranchSchedule.from_json("{")
+        Plan.from_json("{")
 
 
 def test_plan_nodes_name_their_nearest_active_ancestor(embedded):

@@ -14,24 +14,25 @@ from diffusers import KandinskyV22PriorPipeline
 from scipy.cluster.hierarchy import fcluster
 
 from hierdiff_core.engine import group_seed
-from hierdiff_core.generate import MANIFEST, generate, main
-from hierdiff_core.pipelines import (
+from hierdiff_core.run_folder import MANIFEST
+from hierdiff_core.schedule import Budget, plan
+from hierdiff_core.tree import build_tree
+from hierdiff_diffusers.generate import generate, main
+from hierdiff_diffusers.kandinsky import (
     check_prior_matches_decoder,
     decode_latents,
     denoise_hierarchical,
     load_decoder,
     start_latent,
 )
-from hierdiff_core.prior import (
+from hierdiff_diffusers.prior import (
     PriorFolderError,
     embed_prompts_with_prior,
     load_prior,
     prior_tree,
     text_embeddings,
 )
-from hierdiff_core.schedule import plan
-from hierdiff_core.tiny_kandinsky import build_tiny_decoder, build_tiny_prior
-from hierdiff_core.tree import build_tree
+from testkit.tiny_kandinsky import build_tiny_decoder, build_tiny_prior
 
 PROMPTS = ["a cat", "a dog", "a red car", "a blue car", "a cat on a mat", "the sea"]
 SIZE = 32  # pixels; 16 x 16 latents
@@ -285,7 +286,7 @@ def _generate(models, out, **kwargs):
         out,
         seed=7,
         steps=STEPS,
-        target_saving=0.5,
+        budget=Budget("target_saving", 0.5),
         prior_steps=5,
         height=SIZE,
         width=SIZE,
@@ -343,7 +344,7 @@ def test_generate_writes_images_and_manifest_and_resumes_identically(models, tmp
             full,
             seed=8,
             steps=STEPS,
-            target_saving=0.5,
+            budget=Budget("target_saving", 0.5),
             prior_steps=5,
             height=SIZE,
             width=SIZE,
@@ -383,3 +384,21 @@ def test_cli_generate_and_its_one_line_errors(models, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("hierdiff generate: error: prior folder") and "does not exist" in err
     assert "\n" not in err
+
+
+def test_generate_meets_an_evaluations_per_image_budget(models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS), encoding="utf-8")
+    common = [str(prompts), "--model", str(models), "--steps", str(STEPS), "--height", "32", "--width", "32",
+              "--prior-steps", "3", "--device", "cpu"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "out"), "--evaluations-per-image", "4"]) == 0
+    written = capsys.readouterr().out
+    evaluations = int(written.split(": ")[1].split(" model evaluations")[0])
+    assert evaluations <= 4 * len(PROMPTS) and f"instead of {STEPS * len(PROMPTS)}" in written
+    # Out of [1, steps]: refused in one line before the output folder is made.
+    assert main([*common, "--out", str(tmp_path / "bad"), "--evaluations-per-image", str(STEPS + 1)]) == 2
+    assert capsys.readouterr().err == (
+        f"hierdiff generate: error: evaluations per image must be in [1, {STEPS}] for {STEPS} steps, "
+        f"got {float(STEPS + 1)!r}\n"
+    )
+    assert not (tmp_path / "bad").exists()

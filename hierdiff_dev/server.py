@@ -1,16 +1,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Drive a real headless ComfyUI server with the hierdiff pack and its testkit installed.
 
-Used by the demo (``tools/demo.py``) and the tests (``tests/comfy/host.py``). The server is ComfyUI's
-``main.py`` from ``.comfyui/`` (made by ``tools/setup_env.sh``) in a subprocess on a free 127.0.0.1
-port, with every folder it writes (models, output, user data, its log) under one base directory whose
-``custom_nodes/`` holds two links: ``hierdiff`` -> the repository root (the pack; the link's name is
-the module name ComfyUI gives it) and ``hierdiff_testkit`` -> ``testkit/`` (the tiny test model).
+Used by the demo (``tools/demo.py``) and the tests (the ``comfy_server`` fixture). The server is
+ComfyUI's ``main.py`` from ``.comfyui/`` (made by ``tools/setup_env.sh``) in a subprocess on a free
+127.0.0.1 port, with every folder it writes (models, output, user data, its log) under one base
+directory whose ``custom_nodes/`` links the pack and the testkit (see ``hierdiff_dev``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -21,151 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-COMFY_ROOT = REPO_ROOT / ".comfyui"
-PACK_LINK_NAME = "hierdiff"
-TESTKIT_LINK_NAME = "hierdiff_testkit"
-TINY_LOADER = "HierTestTinyModelLoader"
-
-
-class ComfyHostError(RuntimeError):
-    """ComfyUI rejected or failed a prompt, or a pack failed to load; the message carries ComfyUI's text."""
-
-
-def make_custom_nodes_folder(base_dir: Path) -> Path:
-    """Create ``base_dir/custom_nodes`` holding links to the pack and the testkit; return the folder."""
-    folder = base_dir / "custom_nodes"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, target in ((PACK_LINK_NAME, REPO_ROOT), (TESTKIT_LINK_NAME, REPO_ROOT / "testkit")):
-        link = folder / name
-        if not link.is_symlink():
-            link.symlink_to(target, target_is_directory=True)
-    return folder
-
-
-def prompt_tree_workflow(prompts: list[str], size: int = 64) -> dict[str, dict]:
-    """The common head of hierarchical API prompts: tiny model loader ("loader"), empty negative
-    ("negative"), Prompt Set Cluster over ``prompts`` ("cluster") and an empty latent of batch 1
-    ("latent"). Tests add their sampler nodes to it."""
-    return {
-        "loader": {"class_type": TINY_LOADER, "inputs": {}},
-        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": ""}},
-        "cluster": {
-            "class_type": "HierPromptSetCluster",
-            "inputs": {
-                "clip": ["loader", 1],
-                "prompts": "\n".join(prompts),
-                "linkage": "ward",
-                "embedding": "clip_pooled",
-            },
-        },
-        "latent": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": size, "height": size, "batch_size": 1},
-        },
-    }
-
-
-def hier_sampling_inputs(steps: int, **overrides) -> dict:
-    """Widget values of a Hierarchical KSampler / Shared Trunk Sampler: euler, target saving 0.5."""
-    return {
-        "seed": 3,
-        "steps": steps,
-        "cfg": 6.0,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "denoise": 1.0,
-        "budget": "target_saving",
-        "budget_value": 0.5,
-        "max_batch": 64,
-        "noise_mode": "shared",
-        "conditioning_mix": "mean",
-        **overrides,
-    }
-
-
-def decoded_and_saved(graph: dict[str, dict], source: list, prefix: str = "hier") -> dict[str, dict]:
-    """``graph`` plus VAEDecode ("decode", the loader's VAE) of ``source`` and SaveImage ("save")."""
-    graph["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": source, "vae": ["loader", 2]}}
-    graph["save"] = {
-        "class_type": "SaveImage",
-        "inputs": {"images": ["decode", 0], "filename_prefix": prefix},
-    }
-    return graph
-
-
-def basic_workflow(
-    prompts: list[str] | str,
-    *,
-    seed: int = 1,
-    steps: int = 8,
-    width: int = 128,
-    height: int = 128,
-    cfg: float = 7.0,
-    sampler_name: str = "euler",
-    scheduler: str = "normal",
-    negative: str = "",
-    filename_prefix: str = "hierdiff_test",
-    checkpoint: str = "",
-) -> dict[str, dict]:
-    """An API-format prompt: tiny model loader -> CLIPTextEncode -> KSampler -> VAEDecode -> SaveImage.
-
-    ``prompts`` is one text or a list; each text gets its own KSampler (batch of one, same seed), all
-    sharing the loader and the negative. Node ids are stable: "loader", "negative", and for text i
-    "positive_i", "latent_i", "sampler_i", "decode_i", "save_i".
-    """
-    texts = [prompts] if isinstance(prompts, str) else list(prompts)
-    graph: dict[str, dict] = {
-        "loader": {"class_type": TINY_LOADER, "inputs": {"checkpoint": checkpoint}},
-        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["loader", 1], "text": negative}},
-    }
-    for i, text in enumerate(texts):
-        graph[f"positive_{i}"] = {
-            "class_type": "CLIPTextEncode",
-            "inputs": {"clip": ["loader", 1], "text": text},
-        }
-        graph[f"latent_{i}"] = {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": width, "height": height, "batch_size": 1},
-        }
-        graph[f"sampler_{i}"] = {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["loader", 0],
-                "positive": [f"positive_{i}", 0],
-                "negative": ["negative", 0],
-                "latent_image": [f"latent_{i}", 0],
-                "seed": seed,
-                "steps": steps,
-                "cfg": cfg,
-                "sampler_name": sampler_name,
-                "scheduler": scheduler,
-                "denoise": 1.0,
-            },
-        }
-        graph[f"decode_{i}"] = {
-            "class_type": "VAEDecode",
-            "inputs": {"samples": [f"sampler_{i}", 0], "vae": ["loader", 2]},
-        }
-        graph[f"save_{i}"] = {
-            "class_type": "SaveImage",
-            "inputs": {"images": [f"decode_{i}", 0], "filename_prefix": f"{filename_prefix}_{i}"},
-        }
-    return graph
-
-
-def describe_failure(status: list[dict]) -> str:
-    """One readable text from ComfyUI's execution status messages: the failing node, error, traceback."""
-    for data in status:
-        if "exception_message" in data:
-            return (
-                f"node {data.get('node_id')} ({data.get('node_type')}): {data['exception_type']}: "
-                f"{data['exception_message']}\n" + "".join(data.get("traceback", []))
-            )
-    return json.dumps(status, default=str)
+from . import COMFY_ROOT, ComfyHostError, describe_failure, make_custom_nodes_folder
 
 
 def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

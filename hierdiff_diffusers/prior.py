@@ -35,7 +35,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .tree import PromptTree, build_tree
+from hierdiff_core.tree import PromptTree, build_tree
 
 # Weight files diffusers / transformers write, in the order they prefer them.
 _MODEL_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

@@ -11,7 +11,8 @@ Noise. Every prompt starts from one latent drawn from ``torch.Generator().manual
 :func:`~hierdiff_core.engine.group_seed` (the run's seed and the group's path in the tree), created
 when the group becomes active and consumed one DDPM draw per step while it stays active; every
 member row draws from an identical copy, so members receive identical noise and siblings distinct
-noise after a split. At tau = 0 every prompt is a leaf group from the first step, so prompt i's run
+noise after a split (the engine's :class:`~hierdiff_core.engine.GroupGenerators`). At tau = 0
+every prompt is a leaf group from the first step, so prompt i's run
 is exactly the plain ``KandinskyV22Pipeline`` called with ``latents`` = the shared start and
 ``generator=[Generator().manual_seed(group_seed(seed, tree, i)) for each prompt]``.
 """
@@ -27,9 +28,10 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
 
-from .engine import GroupConditioner, GroupedEvaluator, group_seed
+from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupGenerators
+from hierdiff_core.schedule import Plan
+
 from .prior import PriorFolderError, TextToImagePrior
-from .schedule import BranchSchedule
 
 PUBLISHED = {"steps": 40, "guidance_scale": 10.0, "prior_guidance_scale": 4.0, "height": 512, "width": 512}
 """The configuration of the published Kandinsky 2.2 experiments."""
@@ -133,29 +135,28 @@ class DenoiseState:
     latents: torch.Tensor
     generators: dict[int, torch.Tensor]
 
-    def compact(self, schedule: BranchSchedule) -> dict:
+    def compact(self, plan: Plan) -> dict:
         """Serialisable form holding one latent row per active group instead of N."""
         if self.step < 0:
             return {"step": self.step, "latents": self.latents[:1].clone(), "generators": {}}
-        tree = schedule.tree
-        nodes = schedule.active_groups(self.step)
-        reps = [int(tree.members(int(n))[0]) for n in nodes]
-        return {"step": self.step, "latents": self.latents[reps].clone(), "generators": dict(self.generators)}
+        reps = torch.tensor(plan.groups(self.step).representatives, dtype=torch.long)
+        rows = self.latents.index_select(0, reps.to(self.latents.device)).clone()
+        return {"step": self.step, "latents": rows, "generators": dict(self.generators)}
 
     @classmethod
-    def expand(cls, data: dict, schedule: BranchSchedule) -> DenoiseState:
+    def expand(cls, data: dict, plan: Plan) -> DenoiseState:
         """Inverse of :meth:`compact`."""
         step = int(data["step"])
-        n = schedule.tree.n_prompts
+        n = plan.tree.n_prompts
         if step < 0:
             return cls(step, data["latents"].repeat(n, 1, 1, 1), {})
-        index = torch.as_tensor(np.asarray(schedule.group_index(step)), dtype=torch.long)
+        index = torch.tensor(plan.groups(step).row_group, dtype=torch.long)
         return cls(step, data["latents"].index_select(0, index), dict(data["generators"]))
 
 
 def denoise_hierarchical(
     decoder: KandinskyDecoder,
-    schedule: BranchSchedule,
+    plan: Plan,
     image_embeds: torch.Tensor,
     negative_embed: torch.Tensor,
     seed: int,
@@ -166,7 +167,7 @@ def denoise_hierarchical(
     state: DenoiseState | None = None,
     on_step: Callable[[DenoiseState], None] | None = None,
 ) -> tuple[torch.Tensor, GroupedEvaluator]:
-    """Run the decoder's K = ``schedule.steps`` DDPM steps for N prompts through the engine.
+    """Run the decoder's K = ``plan.steps`` DDPM steps for N prompts through the engine.
 
     Parameters
     ----------
@@ -182,8 +183,29 @@ def denoise_hierarchical(
     evaluator : the engine's evaluator; ``evaluator.evaluations`` counts group rows evaluated
         (each costs two UNet rows with guidance).
     """
+    _check_image_embeds(decoder, image_embeds, plan.tree.n_prompts)
     pipe = decoder.pipeline
-    n = schedule.tree.n_prompts
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(plan.steps, device=decoder.device)
+    evaluate = _guided_unet(decoder, plan, image_embeds, negative_embed, guidance_scale)
+    evaluator = GroupedEvaluator(plan, evaluate, max_batch=max_batch)
+    if state is None:
+        start = start_latent(decoder, seed, height, width)
+        state = DenoiseState(-1, start.repeat(plan.tree.n_prompts, 1, 1, 1), {})
+    latents = state.latents.to(device=decoder.device, dtype=pipe.unet.dtype)
+    noise = GroupGenerators(plan, seed, state.generators)
+    with torch.no_grad():
+        for step in range(state.step + 1, plan.steps):
+            generators = noise.rows(step)
+            noise_pred = evaluator(step, latents)
+            latents = scheduler.step(noise_pred, scheduler.timesteps[step], latents, generator=generators)[0]
+            noise.advance(step, generators)
+            if on_step is not None:
+                on_step(DenoiseState(step, latents, noise.states()))
+    return latents, evaluator
+
+
+def _check_image_embeds(decoder: KandinskyDecoder, image_embeds: torch.Tensor, n: int) -> None:
     if image_embeds.ndim != 2 or image_embeds.shape[0] != n:
         raise ValueError(f"image_embeds must be ({n}, D), got {tuple(image_embeds.shape)}")
     if image_embeds.shape[1] != decoder.embedding_dim:
@@ -191,22 +213,30 @@ def denoise_hierarchical(
             f"image embeddings are {image_embeds.shape[1]} wide but decoder {str(decoder.folder)!r} "
             f"expects {decoder.embedding_dim}"
         )
-    device, dtype = decoder.device, pipe.unet.dtype
+
+
+def _guided_unet(
+    decoder: KandinskyDecoder,
+    plan: Plan,
+    image_embeds: torch.Tensor,
+    negative_embed: torch.Tensor,
+    guidance_scale: float,
+) -> Callable[[int, torch.Tensor, np.ndarray], torch.Tensor]:
+    """The engine's ``evaluate`` for the decoder: one UNet batch for some groups at a step, each group
+    conditioned on its members' mean embedding, with classifier-free guidance as the pipeline does it."""
+    pipe = decoder.pipeline
+    dtype = pipe.unet.dtype
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(schedule.steps, device=device)
-    timesteps = scheduler.timesteps
     guided = guidance_scale > 1.0
     latent_channels = pipe.unet.config.in_channels
     learned_variance = scheduler.config.variance_type in ("learned", "learned_range")
-    embeds = image_embeds.to(device=device, dtype=dtype)
-    negative = negative_embed.to(device=device, dtype=dtype).reshape(1, -1)
-    conditioner = GroupConditioner(schedule, "mean")
-    current = {"step": 0}
+    embeds = image_embeds.to(device=decoder.device, dtype=dtype)
+    negative = negative_embed.to(device=decoder.device, dtype=dtype).reshape(1, -1)
+    conditioner = GroupConditioner(plan, "mean")
 
-    def evaluate(x_g: torch.Tensor, nodes: np.ndarray) -> torch.Tensor:
-        # One UNet batch for these groups: [negative rows, group rows] as the diffusers pipeline orders them.
-        cond = conditioner.rows_for(current["step"], nodes, embeds)
-        t = timesteps[current["step"]]
+    def evaluate(step: int, x_g: torch.Tensor, nodes: np.ndarray) -> torch.Tensor:
+        # [negative rows, group rows], as the diffusers pipeline orders them.
+        cond = conditioner.rows_for(step, nodes, embeds)
         if guided:
             batch = torch.cat([x_g, x_g])
             cond = torch.cat([negative.expand(len(nodes), -1), cond])
@@ -214,7 +244,7 @@ def denoise_hierarchical(
             batch = x_g
         out = pipe.unet(
             sample=batch,
-            timestep=t,
+            timestep=scheduler.timesteps[step],
             encoder_hidden_states=None,
             added_cond_kwargs={"image_embeds": cond},
             return_dict=False,
@@ -225,36 +255,7 @@ def denoise_hierarchical(
             out = torch.cat([eps_uncond + guidance_scale * (eps_cond - eps_uncond), variance.chunk(2)[1]], 1)
         return out if learned_variance else out[:, :latent_channels]
 
-    evaluator = GroupedEvaluator(schedule, evaluate, max_batch=max_batch)
-    if state is None:
-        state = DenoiseState(-1, start_latent(decoder, seed, height, width).repeat(n, 1, 1, 1), {})
-    latents = state.latents.to(device=device, dtype=dtype)
-    states = dict(state.generators)
-    tree = schedule.tree
-    with torch.no_grad():
-        for step in range(state.step + 1, schedule.steps):
-            current["step"] = step
-            nodes = schedule.active_groups(step)
-            row_group = np.asarray(schedule.group_index(step))
-            node_states = []
-            for node in nodes:
-                node = int(node)
-                if node not in states:
-                    fresh = torch.Generator("cpu").manual_seed(group_seed(seed, tree, node))
-                    states[node] = fresh.get_state()
-                node_states.append(states[node])
-            generators = []
-            for g in row_group:
-                generator = torch.Generator("cpu")
-                generator.set_state(node_states[g])
-                generators.append(generator)
-            noise_pred = evaluator(step, latents)
-            latents = scheduler.step(noise_pred, timesteps[step], latents, generator=generators)[0]
-            reps = [int(tree.members(int(node))[0]) for node in nodes]
-            states = {int(node): generators[r].get_state() for node, r in zip(nodes, reps, strict=True)}
-            if on_step is not None:
-                on_step(DenoiseState(step, latents, states))
-    return latents, evaluator
+    return evaluate
 
 
 def decode_latents(decoder: KandinskyDecoder, latents: torch.Tensor) -> list:

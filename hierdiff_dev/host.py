@@ -1,18 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Run hierdiff on the real ComfyUI host, in this process or as a headless server.
+"""Run hierdiff on the real ComfyUI host in this process (the tests' ``comfy_host``, the benchmarks).
 
-Both hosts see a custom_nodes folder holding two links: ``hierdiff`` -> the repository root (the pack;
-the link's name is the module name ComfyUI gives it) and ``hierdiff_testkit`` -> ``testkit/``.
 A pack that fails to import makes ComfyUI log a warning and carry on; here it raises, with the error.
-
-The in-process host uses ComfyUI's own pieces (``nodes.load_custom_node``, ``execution.validate_prompt``,
+The host uses ComfyUI's own pieces (``nodes.load_custom_node``, ``execution.validate_prompt``,
 ``execution.PromptExecutor``); ComfyUI keeps module-level state, so there is one per process.
-The server host (``ComfyServer``, shared with the demo) lives in ``tools/comfy_server.py``.
+ComfyUI is importable through the ``.pth`` file that ``tools/setup_env.sh`` writes into the virtualenv.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
@@ -21,52 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.append(str(Path(__file__).resolve().parents[2] / "tools"))
-from comfy_server import (  # noqa: E402  (re-exported for the tests)
+from . import (
     COMFY_ROOT,
     PACK_LINK_NAME,
-    REPO_ROOT,
     TESTKIT_LINK_NAME,
-    TINY_LOADER,
     ComfyHostError,
-    ComfyServer,
-    basic_workflow,
-    decoded_and_saved,
     describe_failure,
-    hier_sampling_inputs,
     make_custom_nodes_folder,
-    prompt_tree_workflow,
 )
-
-__all__ = [
-    "COMFY_ROOT",
-    "PACK_LINK_NAME",
-    "REPO_ROOT",
-    "TESTKIT_LINK_NAME",
-    "TINY_LOADER",
-    "ComfyHostError",
-    "ComfyServer",
-    "InProcessHost",
-    "RecordingServer",
-    "RunResult",
-    "basic_workflow",
-    "decoded_and_saved",
-    "hier_sampling_inputs",
-    "prepare_comfy_imports",
-    "prompt_tree_workflow",
-    "tiny_model_module",
-]
 
 
 def prepare_comfy_imports(base_dir: Path, cpu: bool = True) -> None:
-    """Make ComfyUI importable in this process, on the CPU (or its GPU when ``cpu`` is False), with its
+    """Set ComfyUI's arguments for this process: the CPU (or its GPU when ``cpu`` is False), and its
     folders under ``base_dir``.
 
     Must run before anything imports ``comfy.model_management`` or ``folder_paths``: both read these
     arguments at import time. Calling it again with the same arguments does nothing.
     """
-    if str(COMFY_ROOT) not in sys.path:
-        sys.path.insert(0, str(COMFY_ROOT))
+    check_comfy_importable()
     from comfy.cli_args import args
 
     if args.base_directory == str(base_dir) and args.cpu == cpu:
@@ -75,6 +45,31 @@ def prepare_comfy_imports(base_dir: Path, cpu: bool = True) -> None:
         raise ComfyHostError("ComfyUI was imported before prepare_comfy_imports set its arguments")
     args.cpu = cpu
     args.base_directory = str(base_dir)
+
+
+def check_comfy_importable() -> None:
+    """Raise :class:`ComfyHostError` unless ComfyUI's ``comfy`` and ``nodes`` resolve to ``.comfyui/``.
+
+    Catches a virtualenv without the ``.pth`` file, and our ``nodes/`` folder hiding ComfyUI's
+    ``nodes`` when the repository root is on the import path (``python -m``/``-c`` run from it).
+    """
+    try:
+        cli_args = importlib.util.find_spec("comfy.cli_args")  # `comfy` is a namespace package
+    except ImportError:
+        cli_args = None
+    if cli_args is None:
+        raise ComfyHostError(f"ComfyUI is not importable: run tools/setup_env.sh (it links {COMFY_ROOT})")
+    nodes = importlib.util.find_spec("nodes")
+    for name, spec, path in (
+        ("comfy.cli_args", cli_args, COMFY_ROOT / "comfy" / "cli_args.py"),
+        ("nodes", nodes, COMFY_ROOT / "nodes.py"),
+    ):
+        found = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        if found != path.resolve():
+            raise ComfyHostError(
+                f"`import {name}` would load {found}, not ComfyUI's {path}: run from outside the "
+                "repository root (or with python -P), so that our folders do not hide ComfyUI's modules"
+            )
 
 
 class RecordingServer:
@@ -159,7 +154,7 @@ class InProcessHost:
 
     def _import_comfy(self, cpu: bool) -> None:
         prepare_comfy_imports(self.base_dir, cpu)
-        import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
+        import utils.extra_config  # noqa: F401  (before `nodes`, which puts comfy/ first on the import path)
 
         import nodes
 
@@ -279,12 +274,3 @@ def _reproduce_entrypoint_error(module_name: str) -> str:
     except Exception:  # the error is the result here: it goes into the message
         return "\n" + traceback.format_exc()
     return ""
-
-
-def tiny_model_module():
-    """The testkit's ``tiny_model`` module, importable once ComfyUI is on sys.path (in-process host)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.append(str(REPO_ROOT))  # appended: ComfyUI's own `nodes` must stay ahead of ours
-    import importlib
-
-    return importlib.import_module("testkit.tiny_model")
