@@ -77,6 +77,7 @@ def _load_embeddings(path: str, prompts: list[str]) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"embeddings file {path!r} does not exist")
+    _check_npy_size(p, path)
     try:
         E = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -86,6 +87,50 @@ def _load_embeddings(path: str, prompts: list[str]) -> np.ndarray:
     from .embed import validate_embeddings
 
     return validate_embeddings(E, prompts=prompts)
+
+
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_npy_size(p: Path, path: str) -> None:
+    """Refuse a .npy whose header promises more data than the file holds, before numpy allocates it."""
+    try:
+        with p.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = _NPY_HEADER_READERS.get(version)
+            if reader is None:
+                return  # a newer header layout: numpy's own loader checks it
+            shape, _, dtype = reader(f)
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"embeddings file {path!r} is not a readable .npy array ({exc})") from None
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed > p.stat().st_size - offset:
+        raise ValueError(
+            f"embeddings file {path!r} is cut short: its header declares shape {tuple(shape)} "
+            f"({needed:,} bytes) but it holds {p.stat().st_size - offset:,}"
+        )
+
+
+def _check_output_png(path: str) -> Path:
+    """The dendrogram path, checked before any slow work: a .png file name in a writable folder."""
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"dendrogram file {path!r} must end in .png")
+    if out.is_dir():
+        raise ValueError(f"dendrogram path {path!r} is a folder; give a file name ending in .png")
+    if not out.parent.is_dir():
+        raise ValueError(f"dendrogram folder {str(out.parent)!r} does not exist")
+    try:  # a real probe: permissions, read-only mounts and special file systems all answer here
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"dendrogram file {path!r} cannot be written there: {exc.strerror or exc}") from None
+    return out
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -107,13 +152,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from .schedule import plan
     from .tree import build_tree, check_metric
 
-    out_png = None
-    if args.dendrogram is not None:
-        out_png = Path(args.dendrogram)
-        if not out_png.parent.is_dir():
-            raise ValueError(f"dendrogram folder {str(out_png.parent)!r} does not exist")
-        if out_png.suffix.lower() != ".png":
-            raise ValueError(f"dendrogram file {args.dendrogram!r} must end in .png")
+    out_png = None if args.dendrogram is None else _check_output_png(args.dendrogram)
     prompts = read_prompts(args.prompts)
     # Bad input is rejected before the encoder's slow start.
     budget = Budget.from_options(args.tau, args.target_saving, args.evaluations_per_image).check(args.steps)
@@ -127,7 +166,10 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     if out_png is not None:
         image = render_dendrogram(schedule)
-        _write_atomically(out_png, lambda tmp: image.save(tmp, format="PNG"))
+        try:
+            _write_atomically(out_png, lambda tmp: image.save(tmp, format="PNG"))
+        except OSError as exc:
+            raise ValueError(f"dendrogram file {args.dendrogram!r} could not be written: {exc}") from None
     if args.json:
         print(json.dumps(schedule.to_dict(), allow_nan=False))
     else:

@@ -1,13 +1,27 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Reading prompts: prompt files, prompt texts from other nodes, and the prompt sets shipped in the package.
 
-Every reader yields one prompt per non-blank line, stripped, in order, duplicates kept. Standard library
-only: both ``hierdiff_core`` and the ComfyUI nodes import this module.
+Standard library only: both ``hierdiff_core`` and the ComfyUI nodes import this module.
+
+A TEXT (a prompt file, a node's multiline widget) holds one prompt per line, read the same way everywhere:
+
+- UTF-8; a byte-order mark at the start is dropped;
+- lines end at ``\n``, ``\r\n`` or ``\r`` only; every other character Python would call a line break
+  (form feed, vertical tab, ``\x1c``-``\x1e``, NEL ``\x85``, U+2028, U+2029) stands for a space inside
+  its line, so a prompt copied from a web page or a word processor stays one prompt;
+- each line is stripped; blank lines are skipped; duplicates are kept (they share every step).
+
+A LIST (a node input fed by several strings, e.g. the captions of an image-and-text data set) holds one
+prompt per ITEM, whatever the item contains (newlines, nothing at all): the k-th prompt is the k-th item,
+verbatim, so images stay paired with their captions. Items that are lists themselves are flattened.
+A list of one item is a text.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -26,14 +40,24 @@ EMBEDDED_PROMPT_SETS: tuple[str, ...] = (
 """Names of the sets shipped in ``PROMPT_SET_DIR`` as ``NAME.txt`` (its README says where each is from)."""
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_INNER_BREAKS = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def text_prompts(text: str) -> list[str]:
+    """The prompts of one text: one per line (see the module docstring), in order."""
+    text = text.removeprefix("\ufeff")
+    lines = (_INNER_BREAKS.sub(" ", line).strip() for line in _LINE_END.split(text))
+    return [line for line in lines if line]
+
+
 def _prompt_lines(raw: bytes, label: str) -> list[str]:
-    """Decode ``raw`` as UTF-8 and keep its stripped non-blank lines; ``label`` names the file in errors."""
+    """Decode ``raw`` as UTF-8 and read it as a text; ``label`` names the file in errors."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"prompt file {label!r} is not UTF-8 (bad byte at offset {exc.start})") from None
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = [line for line in prompts if line]
+    prompts = text_prompts(text)
     if not prompts:
         raise ValueError(f"prompt file {label!r} holds no prompts (empty or only blank lines)")
     return prompts
@@ -58,9 +82,24 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
     return _prompt_lines(raw, str(p))
 
 
-def prompts_from_texts(texts: list[str]) -> list[str]:
-    """One prompt per non-blank line of each text, stripped, in order (a node's multiline text or a list)."""
-    return [line.strip() for text in texts for line in str(text).splitlines() if line.strip()]
+def prompts_from_input(values: Sequence[object]) -> list[str]:
+    """The prompts of a node's string input as ComfyUI hands it to a list node: ``[text]`` from the
+    widget or from one string, ``[item, item, ...]`` from a list; nested lists are flattened.
+
+    One item is a text (one prompt per line); several items are one prompt each, verbatim.
+    """
+    items = list(_flatten(values))
+    if len(items) == 1:
+        return text_prompts(items[0])
+    return items
+
+
+def _flatten(values: object) -> Iterator[str]:
+    if isinstance(values, list | tuple):
+        for value in values:
+            yield from _flatten(value)
+    else:
+        yield str(values)
 
 
 def embedded_prompt_set(name: str) -> list[str]:

@@ -38,8 +38,15 @@ def _check_whole(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+MAX_STEPS = 10_000
+"""Most sampling steps a plan takes: far beyond any sampler's use, and per-step arrays stay small."""
+
+
 def _check_steps(steps: Any) -> int:
-    return _check_whole(steps, "steps", 1)
+    steps = _check_whole(steps, "steps", 1)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS:,}, got {steps:,}")
+    return steps
 
 
 def _check_probe(count: Any) -> int:

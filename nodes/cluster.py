@@ -8,7 +8,7 @@ import json
 from comfy_api.latest import io
 
 from hierdiff_core.embed import encode_prompts
-from hierdiff_core.prompts import prompts_from_texts
+from hierdiff_core.prompts import prompts_from_input
 from hierdiff_core.tree import METHODS, build_tree
 
 from .conditioning import PromptTreeSet, clustering_embeddings, stack_conditionings
@@ -64,7 +64,7 @@ class HierPromptSetCluster(io.ComfyNode):
     @classmethod
     def execute(cls, clip, prompts, linkage, embedding) -> io.NodeOutput:
         clip, linkage, embedding = clip[0], linkage[0], embedding[0]
-        texts = prompts_from_texts(prompts)
+        texts = prompts_from_input(prompts)
         if not texts:
             raise ValueError("prompts input is empty: give one prompt per line")
         conditioning = encode_each(clip, texts)

@@ -24,7 +24,7 @@ import torch
 from comfy.model_base import unclip_adm
 from comfy_api.latest import io
 
-from hierdiff_core.prompts import prompts_from_texts
+from hierdiff_core.prompts import prompts_from_input
 from hierdiff_core.tree import METHODS
 
 from .conditioning import PromptTreeSet
@@ -222,7 +222,7 @@ class HierPriorEmbed(io.ComfyNode):
     ) -> io.NodeOutput:
         priors = diffusers_priors()
         prior, conditioning, seed = prior[0], conditioning[0], seed[0]
-        texts = prompts_from_texts(prompts)
+        texts = prompts_from_input(prompts)
         if not texts:
             raise ValueError("prompts input is empty: give one prompt per line")
         embeds = priors.embed_prompts_with_prior(prior, texts, seed, prior_guidance[0], prior_steps[0])

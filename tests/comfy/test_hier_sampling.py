@@ -470,14 +470,15 @@ def test_sampler_signatures_the_guider_relies_on():
 
 def test_prompts_from_a_list_of_strings_and_the_sentence_encoder(comfy):
     node = comfy.classes["HierPromptSetCluster"]
-    texts_in = ["a red cat on a sofa", "a blue dog\na green tree"]
+    # One prompt per list item, whatever it holds (captions stay paired with their images).
+    texts_in = ["a red cat on a sofa", "a blue dog\na green tree", ""]
     out = node.execute([comfy.clip], texts_in, ["average"], ["sentence"])
     prompt_set, texts = out.args
-    assert texts == ["a red cat on a sofa", "a blue dog", "a green tree"]
+    assert texts == texts_in
     assert prompt_set.embedding_space == "sentence" and prompt_set.tree.method == "average"
     assert prompt_set.conditioning[0][0].shape[0] == 3
     # the rows are each prompt's own CLIP encoding, exactly as CLIPTextEncode gives it alone
-    alone = comfy.stock.CLIPTextEncode().encode(comfy.clip, "a blue dog")[0][0][0]
+    alone = comfy.stock.CLIPTextEncode().encode(comfy.clip, "a blue dog\na green tree")[0][0][0]
     assert torch.equal(prompt_set.conditioning[0][0][1:2], alone)
 
 

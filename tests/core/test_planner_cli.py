@@ -92,6 +92,8 @@ BAD_INPUTS = [
     (b"a\nb\n", np.array([[1.0, 1.0], [0.0, 0.0]]), ["--tau", "1"], "zero norm in row 1 ('b')"),
     (b"a\nb\n", np.eye(2), ["--tau", "-1"], "tau must be a finite number >= 0, got -1.0"),
     (b"a\nb\n", np.eye(2), ["--tau", "1", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (b"a\nb\n", None, ["--tau", "1", "--steps", "1000000000"],
+     "steps must be at most 10,000, got 1,000,000,000"),
     (b"a\nb\n", np.eye(2), ["--target-saving", "1"], "target saving must be in [0, 1), got 1.0"),
     (b"a\nb\n", np.eye(2), ["--target-saving", "-0.5"], "target saving must be in [0, 1), got -0.5"),
     (b"a\nb\n", np.eye(2), ["--target-saving", "0.9"], "the maximum attainable saving is 0.487500"),
@@ -131,6 +133,40 @@ def test_missing_files_and_folders(capsys, tmp_path):
                            "--dendrogram", str(tmp_path / "no" / "t.png"))
     assert code == 2 and "dendrogram folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+
+
+def test_unusable_dendrogram_paths_are_refused_before_encoding(capsys, tmp_path, monkeypatch):
+    import hierdiff_core.embed
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the prompts were encoded before the dendrogram path was checked")
+
+    monkeypatch.setattr(hierdiff_core.embed, "encode_prompts", no_encoding)
+    (tmp_path / "p.txt").write_text("a\nb\n", encoding="utf-8")
+    (tmp_path / "plan.png").mkdir()
+    for target, message in [
+        (tmp_path / "plan.png", f"dendrogram path {str(tmp_path / 'plan.png')!r} is a folder"),
+        ("/proc/plan.png", "dendrogram file '/proc/plan.png' cannot be written there: "),
+    ]:
+        argv = ["plan", str(tmp_path / "p.txt"), "--tau", "1", "--dendrogram", str(target)]
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and out == ""
+        assert err.startswith(f"hierdiff: error: {message}") and err.count("\n") == 1
+
+
+def test_an_npy_whose_header_promises_more_than_it_holds_is_refused_without_allocating(capsys, tmp_path):
+    (tmp_path / "p.txt").write_text("a\nb\n", encoding="utf-8")
+    lying = tmp_path / "E.npy"
+    with lying.open("wb") as f:
+        header = {"descr": "<f8", "fortran_order": False, "shape": (10**9, 10**6)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.ones(4).tobytes())
+    code, _, err = run_cli(capsys, "plan", str(tmp_path / "p.txt"), "--tau", "1", "--embeddings", str(lying))
+    assert code == 2
+    assert err == (
+        f"hierdiff: error: embeddings file {str(lying)!r} is cut short: its header declares shape "
+        "(1000000000, 1000000) (8,000,000,000,000,000 bytes) but it holds 32\n"
+    )
 
 
 def test_one_prompt_plans_ordinary_sampling(capsys, tmp_path):

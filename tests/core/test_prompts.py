@@ -9,8 +9,9 @@ from hierdiff_core.prompts import (
     EMBEDDED_PROMPT_SETS,
     PROMPT_SET_DIR,
     embedded_prompt_set,
-    prompts_from_texts,
+    prompts_from_input,
     read_prompts,
+    text_prompts,
 )
 
 
@@ -36,6 +37,31 @@ def test_unknown_embedded_set_names_the_known_ones():
         embedded_prompt_set("cats")
 
 
-def test_prompts_from_texts_splits_every_text_into_stripped_non_blank_lines():
-    assert prompts_from_texts(["  a cat \n\n a dog", "", "a cat"]) == ["a cat", "a dog", "a cat"]
-    assert prompts_from_texts([]) == []
+def test_a_text_holds_one_stripped_prompt_per_non_blank_line():
+    assert text_prompts("  a cat \n\n a dog\r\na bird\ra cat\n") == ["a cat", "a dog", "a bird", "a cat"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffa cat\na dog\n".encode())
+    assert read_prompts(path) == ["a cat", "a dog"]
+
+
+@pytest.mark.parametrize("inner", ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_other_unicode_line_breaks_stay_inside_their_prompt_as_a_space(tmp_path, inner):
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"a red{inner}cat\na blue{inner}dog\nan old castle\n", encoding="utf-8", newline="")
+    assert read_prompts(path) == ["a red cat", "a blue dog", "an old castle"]
+
+
+def test_a_list_input_keeps_one_prompt_per_item_whatever_it_holds():
+    captions = ["a red cat\non a sofa", "", "  a dog  ", "a cat"]
+    assert prompts_from_input(captions) == captions
+    assert prompts_from_input([["a cat", "a dog"], ("a bird",)]) == ["a cat", "a dog", "a bird"]
+    assert prompts_from_input([7, 8.5]) == ["7", "8.5"]
+
+
+def test_a_single_input_text_is_read_line_by_line():
+    assert prompts_from_input(["  a cat \n\n a dog"]) == ["a cat", "a dog"]
+    assert prompts_from_input([["a cat\na dog"]]) == ["a cat", "a dog"]
+    assert prompts_from_input([]) == []
