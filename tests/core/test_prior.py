@@ -5,7 +5,13 @@ decoder through the engine (exact at tau = 0 against the plain diffusers pipelin
 
 import itertools
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +20,7 @@ from diffusers import KandinskyV22PriorPipeline
 from scipy.cluster.hierarchy import fcluster
 
 from hierdiff_core.engine import group_seed
-from hierdiff_core.run_folder import MANIFEST
+from hierdiff_core.run_folder import MANIFEST, RUN_FILE, STATE_FILE
 from hierdiff_core.schedule import Budget, plan
 from hierdiff_core.tree import build_tree
 from hierdiff_diffusers.generate import generate, main
@@ -402,3 +408,247 @@ def test_generate_meets_an_evaluations_per_image_budget(models, tmp_path, capsys
         f"got {float(STEPS + 1)!r}\n"
     )
     assert not (tmp_path / "bad").exists()
+
+
+# --- The output folder under hostile use: bad arguments, two processes, kills, damaged files ---
+
+GENERATE_OPTIONS = {"seed": 7, "steps": STEPS, "prior_steps": 5, "height": SIZE, "width": SIZE}
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory):
+    """An uninterrupted run: what every resumed run must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("reference")
+    _generate(models, out)
+    return out
+
+
+def _assert_same_images_recorded_once(out, reference):
+    for i in range(len(PROMPTS)):
+        name = f"{i:05d}.png"
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    records = sorted((json.loads(line) for line in (out / MANIFEST).read_text().splitlines()), key=_index)
+    expected = [json.loads(line) for line in (reference / MANIFEST).read_text().splitlines()]
+    assert records == expected  # one record per image, each the uninterrupted run's
+
+
+def _index(record):
+    return record["index"]
+
+
+def test_every_bad_argument_is_refused_in_one_line_before_anything_is_written(models, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [str(prompts), "--model", str(models), "--out", str(out), "--steps", "3", "--height", "32",
+            "--width", "32", "--prior-steps", "3", "--device", "cpu"]  # fmt: skip
+    incomplete = tmp_path / "decoder"
+    shutil.copytree(models / "decoder", incomplete)
+    (incomplete / "movq" / "diffusion_pytorch_model.safetensors").unlink()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine", encoding="utf-8")
+    decoder = str(models / "decoder")
+    batch = "max batch (groups per UNet batch) must be an integer in [1, 4096]"
+    missing = tmp_path / "none"
+    bad = [
+        (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["--steps", "10001"], "steps must be at most 10,000, got 10,001"),
+        (["--target-saving", "1.5"], "target saving must be in [0, 1), got 1.5"),
+        (["--max-batch", "0"], f"{batch}, got 0"),
+        (["--max-batch", "4097"], f"{batch}, got 4097"),
+        (["--height", "33"], f"height must be a multiple of 2 for decoder {decoder!r} (its movq's downscale "
+                             "factor), got 33; try 32 or 34"),
+        (["--width", "1"], f"width must be a multiple of 2 for decoder {decoder!r} (its movq's downscale "
+                           "factor), got 1; try 2"),
+        (["--width", "0"], "width must be an integer in [1, 2048] (memory grows with height x width), got 0"),
+        (["--height", "4096"], "height must be an integer in [1, 2048] (memory grows with height x width), "
+                               "got 4096"),
+        (["--prior-steps", "0"], "prior steps must be an integer in [1, 10000], got 0"),
+        (["--guidance", "nan"], "guidance scale must be a finite number >= 0, got nan"),
+        (["--prior-guidance", "-1"], "prior guidance scale must be a finite number >= 0, got -1.0"),
+        (["--seed", "-1"], f"seed must be an integer in [0, {2**64 - 1}], got -1"),
+        (["--device", "bogus"], "unknown device 'bogus'; use auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "tpu"], "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
+        (["--model", str(missing)], f"prior folder {str(missing / 'prior')!r} does not exist"),
+        (["--prior", str(models / "prior"), "--decoder", str(incomplete)],
+         f"decoder folder {str(incomplete)!r} is not a complete Kandinsky 2.2 decoder: missing "
+         "movq/diffusion_pytorch_model.safetensors or diffusion_pytorch_model.bin"),
+        (["--out", str(a_file)], f"output folder {str(a_file)!r} is a file, not a folder; "
+                                 "choose another one"),
+    ]  # fmt: skip
+    if not torch.cuda.is_available():
+        bad.append((["--device", "cuda"], "device 'cuda': no CUDA GPU is available here; use --device cpu"))
+    for extra, message in bad:
+        assert main([*argv, *extra]) == 2, extra
+        assert capsys.readouterr().err == f"hierdiff generate: error: {message}\n", extra
+        assert not out.exists(), extra
+    assert main([*argv, "--device", "cuda:99"]) == 2
+    assert capsys.readouterr().err.startswith("hierdiff generate: error: device 'cuda:99': ")
+    assert a_file.read_text(encoding="utf-8") == "mine"
+    # The corrected command simply runs: nothing was left behind to refuse it.
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png"]
+
+
+RACE = """
+import sys, time
+from hierdiff_diffusers.generate import main
+import hierdiff_diffusers.kandinsky, hierdiff_diffusers.prior  # the slow imports before the start line
+print("ready", flush=True)
+sys.stdin.readline()
+started = time.monotonic()
+code = main(sys.argv[1:])
+print(f"{time.monotonic() - started:.3f}", flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_on_one_folder_one_runs_and_the_other_is_refused_at_once(
+    models, tmp_path, capsys
+):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [str(prompts), "--model", str(models), "--out", str(out), "--steps", "3", "--height", "32",
+            "--width", "32", "--prior-steps", "3", "--device", "cpu"]  # fmt: skip
+    other = subprocess.Popen(
+        [sys.executable, "-c", RACE, *argv],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert other.stdout.readline() == "ready\n"
+    other.stdin.write("go\n")
+    other.stdin.flush()
+    started = time.monotonic()
+    code_here = main(argv)
+    seconds_here = time.monotonic() - started
+    other_out, other_err = other.communicate(timeout=300)
+    seconds_other = float(other_out.strip().splitlines()[-1])
+    err_here = capsys.readouterr().err
+    assert sorted([code_here, other.returncode]) == [0, 2]
+    if code_here == 2:
+        refused, holder, seconds_refused, seconds_ran = err_here, other.pid, seconds_here, seconds_other
+    else:
+        refused, holder = other_err.splitlines()[-1] + "\n", os.getpid()
+        seconds_refused, seconds_ran = seconds_other, seconds_here
+    assert refused.startswith(
+        f"hierdiff generate: error: output folder {str(out)!r} is in use by another hierdiff run "
+        f"(pid {holder} on {socket.gethostname()}, started "
+    )
+    assert refused.endswith("); wait for it to finish or choose another output folder\n")
+    assert seconds_refused < seconds_ran  # at once, not after waiting for the lock
+    records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "00000.png", "00001.png", MANIFEST
+    ]  # fmt: skip
+
+
+KILLED = """
+import json, os, signal, sys
+from hierdiff_core.schedule import Budget
+from hierdiff_diffusers.generate import generate
+args = json.loads(sys.argv[1])
+
+def die(step):
+    if step == args["kill_at"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+generate(args["prompts"], args["prior"], args["decoder"], args["out"], budget=Budget("target_saving", 0.5),
+         on_step=die, **args["options"])
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_denoising_resumes_bit_identically(models, tmp_path, reference):
+    out = tmp_path / "out"
+    args = {"prompts": PROMPTS, "prior": str(models / "prior"), "decoder": str(models / "decoder"),
+            "out": str(out), "kill_at": 2, "options": GENERATE_OPTIONS}  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED, json.dumps(args)], capture_output=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert not list(out.glob("*.png")) and not (out / MANIFEST).exists()
+    steps_run = []
+    summary = _generate(models, out, on_step=steps_run.append)  # the dead holder's lock is gone
+    assert steps_run == list(range(3, STEPS))
+    assert (summary["already_done"], summary["written"]) == (0, len(PROMPTS))
+    _assert_same_images_recorded_once(out, reference)
+
+
+def test_damaged_deleted_and_wrongly_recorded_images_are_remade_and_recorded_once(
+    models, tmp_path, reference
+):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    cut = (out / "00001.png").read_bytes()
+    (out / "00001.png").write_bytes(cut[: len(cut) // 2])
+    (out / "00003.png").unlink()
+    lines = (out / MANIFEST).read_text().splitlines()
+    lines[4] = lines[4].replace('"a cat on a mat"', '"a dig"')  # record 4 names another prompt
+    (out / MANIFEST).write_text("\n".join(lines)[:-20], encoding="utf-8")  # record 5 cut mid-line
+    steps_run = []
+    summary = _generate(models, out, on_step=steps_run.append)
+    assert (summary["already_done"], summary["written"]) == (2, 4)
+    assert steps_run == []  # the final latents came from the checkpoint
+    _assert_same_images_recorded_once(out, reference)
+    assert _generate(models, out)["written"] == 0
+
+
+def _cut(state_file):
+    whole = state_file.read_bytes()
+    state_file.write_bytes(whole[: len(whole) // 3])
+
+
+def _edit(change):
+    def edit(state_file):
+        state = torch.load(state_file, weights_only=True)
+        change(state)
+        torch.save(state, state_file)
+
+    return edit
+
+
+def _zero_generator_states(state):
+    generators = state["denoise"]["generators"]
+    generators.update({node: torch.zeros(3, dtype=torch.uint8) for node in generators})
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _cut,
+        _edit(lambda s: s["settings"].update(seed=8)),  # another run's checkpoint
+        _edit(lambda s: s["denoise"].update(latents=s["denoise"]["latents"][..., :8])),
+        _edit(_zero_generator_states),
+    ],
+    ids=["cut", "other-run", "latents-shape", "generator-state"],
+)
+def test_a_checkpoint_that_is_damaged_or_not_this_runs_is_discarded_and_the_images_are_the_same(
+    models, tmp_path, reference, damage
+):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for p in [*out.glob("*.png"), out / MANIFEST]:
+        p.unlink()
+    damage(out / STATE_FILE)
+    steps_run = []
+    _generate(models, out, on_step=steps_run.append)
+    assert steps_run == list(range(STEPS))  # denoised again from the first step
+    _assert_same_images_recorded_once(out, reference)
+
+
+def test_a_folder_whose_settings_file_is_gone_is_refused_and_left_alone(models, tmp_path, reference):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / RUN_FILE).unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".hierdiff-lock"}
+    with pytest.raises(ValueError) as refused:
+        generate(PROMPTS, models / "prior", models / "decoder", out, budget=Budget("target_saving", 0.5),
+                 **{**GENERATE_OPTIONS, "seed": 8})  # fmt: skip
+    assert str(refused.value) == (
+        f"output folder {str(out)!r} holds a run's files (manifest.jsonl, .hierdiff-state.pt, "
+        f"6 images named like 00000.png) but no settings file {RUN_FILE}, so its images cannot be paired "
+        "with their settings; choose another output folder, or delete those files to start over"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".hierdiff-lock"} == before
