@@ -12,7 +12,14 @@ in one browser session and writes a report; the tests below judge it:
   the photographs hold the dendrogram's coloured lines, and hovering shows the group's prompts; the
   Hierarchy Preview node saved a PNG;
 - a saved workflow, loaded after a page reload, draws its plans again without running;
-- a 2,000-prompt plan is laid out and painted quickly, as collapsed groups;
+- the plan is previewed live: before anything is queued, an edit of steps or of the prompts changes the
+  summary and the picture, and until the new preview arrives the old picture is dimmed and marked out
+  of date;
+- a run shows its own plan while it runs; a PNG saved by the second of two runs carries that run's plan,
+  once, and shows it when opened (the first run's PNG carries none: its tree was not known yet);
+- a 2,000-prompt plan is laid out and painted quickly, as its top groups labelled with their size and
+  a prompt; a click opens a group, typing part of a prompt highlights its path, and zooming the graph
+  redraws the picture at the new resolution;
 - our extension logs no console errors and raises no page errors.
 """
 
@@ -39,6 +46,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 MIN_COLOURED_PIXELS = 300
 # Our extension's scripts, as the page loads them.
 OUR_SCRIPTS = "/extensions/hierdiff/"
+PREVIEW_STEPS = 12
+EXTRA_PROMPT = "a photograph of a lynx resting in tall grass, golden hour"
+PNG_RUN_STEPS = [6, 10]
+FIND = "prompt 1234:"
 
 
 def big_plan_json(path: Path) -> None:
@@ -102,14 +113,24 @@ def browser_report(comfy_server: ComfyServer, object_info, tmp_path_factory) -> 
     jobs.append({"name": SAVED_BEFORE_TREE_FROM, "file": str(older_path), "run": True})
     big_plan = work / "big_plan.json"
     big_plan_json(big_plan)
-    job = {"url": comfy_server.url, "out_dir": str(work), "workflows": jobs, "big_plan_file": str(big_plan)}
+    basic_tiny = str(work / "hierdiff_basic_tiny.json")
+    job = {
+        "url": comfy_server.url,
+        "out_dir": str(work),
+        "workflows": jobs,
+        "big_plan_file": str(big_plan),
+        "big_plan_workflow": basic_tiny,
+        "big_plan_find": FIND,
+        "preview": {"file": basic_tiny, "steps": PREVIEW_STEPS, "extra_prompt": EXTRA_PROMPT},
+        "png": {"file": basic_tiny, "steps": PNG_RUN_STEPS},
+    }
     (work / "job.json").write_text(json.dumps(job))
     result = subprocess.run(
         ["node", str(BROWSER_DIR / "drive.mjs"), str(work / "job.json"), str(work / "report.json")],
         cwd=BROWSER_DIR,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=600,
     )
     if not (work / "report.json").exists():
         pytest.fail(f"drive.mjs wrote no report:\n{result.stdout}\n{result.stderr}", pytrace=False)
@@ -184,9 +205,10 @@ def test_plans_are_drawn_on_screen_after_the_run(browser_report) -> None:
     assert {"HierPromptSetCluster", "HierKSampler", "HierPlanPreview"} <= types
     prompts = examples.PROMPTS.splitlines()
     (sampler,) = [w for w in basic["widgets"] if w["type"] == "HierKSampler"]
-    head, *listed = sampler["tooltip"].split("\n")
+    head, *lines = sampler["tooltip"].split("\n")
     assert head.split(" ")[0] in {"1", "2", "3", "4", "5", "6"} and " prompt" in head, head
-    assert listed and all(line.removeprefix("\u2022 ") in prompts for line in listed), sampler["tooltip"]
+    listed = [line.removeprefix("\u2022 ") for line in lines if line.startswith("\u2022 ")]
+    assert listed and all(line in prompts for line in listed), sampler["tooltip"]
     summaries = [e["summary"][0] for e in basic["executed"] if e["summary"]]
     assert any(s.startswith("6 images, ") and s.endswith(" % saved") for s in summaries), summaries
 
@@ -220,6 +242,118 @@ def test_two_thousand_prompts_draw_quickly_as_collapsed_groups(browser_report) -
     assert widget["coloured_pixels"] >= MIN_COLOURED_PIXELS
 
 
+def test_two_thousand_prompts_show_their_top_groups_labelled_with_size_and_a_prompt(browser_report) -> None:
+    view = browser_report["big_plan"]["collapsed"]
+    assert view["n"] == 2000 and 10 <= view["rows"] <= 40, view["rows"]
+    sizes = []
+    for label in view["labels"]:
+        size, _, prompt = label.partition("] ")
+        assert size.startswith("[") and prompt.startswith("prompt "), label
+        sizes.append(int(size[1:]))
+    assert sum(sizes) == 2000  # every prompt in exactly one row
+
+
+def test_a_click_opens_a_group_into_its_own_groups(browser_report) -> None:
+    big = browser_report["big_plan"]
+    before, after = big["collapsed"], big["opened"]
+    assert after["rows"] > before["rows"]
+    opened = before["labels"][big["clicked"]["row"]]
+    assert opened not in after["labels"]
+    assert after["coloured_pixels"] >= MIN_COLOURED_PIXELS
+
+
+def test_typing_part_of_a_prompt_highlights_its_path(browser_report) -> None:
+    big = browser_report["big_plan"]
+    found = big["found"]
+    assert found["found"] == 1234
+    assert "find: 1 of 1" in found["status"]
+    before = big["opened"]["yellow_pixels"]
+    assert before < 20 <= found["yellow_pixels"], (before, found["yellow_pixels"])
+
+
+def test_zooming_in_redraws_the_picture_at_the_new_resolution(browser_report) -> None:
+    big = browser_report["big_plan"]
+    normal, zoomed = big["found"]["canvas"], big["zoomed"]["canvas"]
+    assert zoomed["ratio"] == pytest.approx(2 * normal["ratio"], rel=0.02)
+    # the canvas holds twice the pixels: drawn again, not a stretched bitmap
+    assert zoomed["width"] == pytest.approx(2 * normal["width"], abs=2)
+    assert zoomed["cssWidth"] == normal["cssWidth"]
+    assert big["zoomed"]["coloured_pixels"] > 2 * big["found"]["coloured_pixels"]
+
+
+def test_an_edit_changes_the_preview_before_anything_is_queued(browser_report) -> None:
+    preview = browser_report["preview"]
+    first, second, third = preview["first"], preview["second"], preview["third"]
+    prompts = examples.PROMPTS.splitlines()
+    assert first["waited"] and first["summary"].startswith(f"{len(prompts)} images, ")
+    assert f" x {len(prompts)} = " in first["summary"] and first["status"].startswith("preview")
+    assert "preview tree" in first["status"]  # the sentence encoder's tree: the run clusters on CLIP
+    assert second["waited"] and f"instead of {PREVIEW_STEPS} x {len(prompts)} = " in second["summary"]
+    assert third["waited"] and third["summary"].startswith(f"{len(prompts) + 1} images, ")
+    assert preview["cluster"]["waited"]
+    assert preview["prompt_posts"] == 0 and preview["run_events"] == []  # nothing queued, nothing ran
+    for shot in ("first_shot", "second_shot", "third_shot"):
+        assert preview[shot]["coloured_pixels"] >= MIN_COLOURED_PIXELS, shot
+
+
+def test_until_the_new_preview_arrives_the_old_picture_is_out_of_date(browser_report) -> None:
+    preview = browser_report["preview"]
+    stale = preview["stale_shot"]
+    assert preview["stale"]["waited"] and stale["stale"]
+    assert stale["status"].startswith("out of date")
+    assert stale["summary"] == preview["first"]["summary"]  # the old plan, marked, not passed off as new
+    # dimmed: its colours fade
+    assert stale["coloured_pixels"] < preview["first_shot"]["coloured_pixels"] / 2
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The tEXt chunks of a PNG, keyword -> text."""
+    chunks, pos = {}, 8
+    while pos < len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"tEXt":
+            keyword, _, text = data[pos + 8 : pos + 8 + length].partition(b"\0")
+            chunks[keyword.decode("latin-1")] = text.decode("latin-1")
+        pos += 12 + length
+    return chunks
+
+
+def saved_plans(comfy_server: ComfyServer, image: dict) -> list[dict]:
+    """The plans kept in the workflow a saved PNG embeds, with their node types."""
+    workflow = json.loads(png_text(comfy_server.view(image))["workflow"])
+    return [{"type": n["type"], **n["properties"]["hierdiff_plan"]} for n in workflow["nodes"]
+            if "hierdiff_plan" in (n.get("properties") or {})]  # fmt: skip
+
+
+def test_each_png_carries_the_plan_of_the_run_that_made_it_or_none(browser_report, comfy_server) -> None:
+    first, second = browser_report["png"]["runs"]
+    assert first["status"] == second["status"] == "execution_success"
+    assert first["summary"] != second["summary"]
+    assert saved_plans(comfy_server, first["image"]) == []  # the tree was not known when it was queued
+    (plan_of_second,) = saved_plans(comfy_server, second["image"])  # one copy, on the sampler
+    assert plan_of_second["type"] == "HierKSampler"
+    assert (plan_of_second["steps"], plan_of_second["summary"]) == (PNG_RUN_STEPS[1], second["summary"])
+
+
+def test_a_png_reopened_after_a_second_run_shows_its_own_plan(browser_report) -> None:
+    png = browser_report["png"]
+    reopened, shot = png["reopened"], png["reopened_shot"]
+    assert reopened["waited"], reopened
+    assert reopened["summary"] == png["runs"][1]["summary"] != png["runs"][0]["summary"]
+    assert reopened["steps"] == PNG_RUN_STEPS[1] and not reopened["stale"]
+    assert shot["coloured_pixels"] >= MIN_COLOURED_PIXELS
+
+
+def test_a_running_job_shows_its_own_plan_never_the_previous_runs(browser_report) -> None:
+    first, second = browser_report["png"]["runs"]
+    running = [s for s in second["seen"] if s["origin"] == "running"]
+    assert running, "the run was never seen running"
+    # The second run's tree is the first run's (same prompts): its plan is known when it is queued.
+    assert {s["summary"] for s in running} == {second["summary"]}
+    assert all(s["status"].startswith("running: this run's plan") for s in running)
+    assert all(s["summary"] != first["summary"] for s in second["seen"])
+
+
 def test_our_extension_logs_no_errors(browser_report) -> None:
     ours = [
         m for m in browser_report["console"]
@@ -227,4 +361,3 @@ def test_our_extension_logs_no_errors(browser_report) -> None:
     ]  # fmt: skip
     ours += [e for e in browser_report["page_errors"] if OUR_SCRIPTS in e["stack"] + e["message"]]
     assert ours == []
-
