@@ -6,11 +6,19 @@ one CONDITIONING entry whose tensors hold one row per prompt (ComfyUI batches co
 latent row natively). During sampling, :func:`group_model_conds` turns ComfyUI's processed
 conditioning (``model_conds``: cross-attention tokens, SDXL's ``y``, unCLIP's adm, ...) into one
 row per active group, with the engine's :class:`~hierdiff_core.engine.GroupConditioner`.
+
+Prompts may encode to different token counts (CLIP encodes 77 tokens per chunk of a long prompt). The
+set stores each row at its own length (shorter rows zero-filled up to the longest, lengths in
+``TOKEN_LENGTHS_KEY``), and padding happens only where mixing needs it: a group's members are
+averaged token by token, so they are repeated to the least common multiple of their lengths (which a
+UNet's cross-attention does not notice) when the group is mixed; a prompt alone is never padded.
+One model call takes groups of one token length: :func:`token_length_parts` splits a batch.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import comfy.conds
@@ -22,7 +30,8 @@ from hierdiff_core.engine import GroupConditioner
 from hierdiff_core.tree import PromptTree
 
 TOKEN_LENGTHS_KEY = "hier_token_lengths"
-"""Conditioning extra set by :func:`stack_conditionings`: each prompt's token count before padding."""
+"""Conditioning extra set by :func:`stack_conditionings`: each prompt's own token count (its row's
+first tokens; the rest of a shorter row is filler that mixing never reads)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,8 @@ class PromptTreeSet:
     """The PROMPT_TREE socket value.
 
     tree: hierarchy over the N prompts; prompts: the N texts; conditioning: a ComfyUI CONDITIONING
-    list with a single entry ``[tensor (N, T, C), {extras, tensors with N rows}]``;
+    list with a single entry ``[tensor (N, T, C), {extras, tensors with N rows}]``, where row i's
+    tokens are its first ``extras[TOKEN_LENGTHS_KEY][i]`` (all T when the key is absent);
     embedding_space: what the tree was clustered in ("clip_pooled", "sentence", "prior_image").
     """
 
@@ -54,16 +64,17 @@ class PromptTreeSet:
 
 
 def _repeat_tokens(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    # Repeating the token sequence leaves cross-attention unchanged; ComfyUI pads the same way.
-    return tensor.repeat(1, length // tensor.shape[1], 1)
+    # Repeating a token sequence leaves cross-attention unchanged; ComfyUI pads the same way.
+    return tensor.repeat(*([1] * (tensor.ndim - 2)), length // tensor.shape[-2], 1)
 
 
 def stack_conditionings(per_prompt: list[list]) -> list:
     """Stack N single-prompt CONDITIONINGs ([[ (1, T_i, C), extras ]]) into one N-row entry.
 
-    Token sequences of different lengths are padded by repetition to their least common multiple,
-    as ComfyUI concatenates conditioning; tensor extras (pooled output, ...) are concatenated;
-    other extras must agree across prompts.
+    Nothing is padded: a row shorter than the longest keeps its tokens first and zeros after them,
+    and ``extras[TOKEN_LENGTHS_KEY]`` records every T_i (mixing reads only a row's own tokens, see
+    :func:`group_model_conds`). Tensor extras (pooled output, ...) are concatenated; other extras
+    must agree across prompts. Prompts that share a CONDITIONING object share its values.
     """
     for i, conditioning in enumerate(per_prompt):
         if len(conditioning) != 1:
@@ -72,8 +83,14 @@ def stack_conditionings(per_prompt: list[list]) -> list:
                 "hierarchical sampling needs exactly one per prompt (no scheduled or combined conditioning)"
             )
     tensors = [c[0][0] for c in per_prompt]
-    length = math.lcm(*(t.shape[1] for t in tensors))
-    stacked = torch.cat([_repeat_tokens(t, length) for t in tensors])
+    lengths = tuple(int(t.shape[1]) for t in tensors)
+    longest = max(lengths)
+    stacked = torch.cat(
+        [
+            t if t.shape[1] == longest else torch.nn.functional.pad(t, (0, 0, 0, longest - t.shape[1]))
+            for t in tensors
+        ]
+    )
     extras: dict = {}
     for key, first in per_prompt[0][0][1].items():
         values = [c[0][1].get(key) for c in per_prompt]
@@ -85,7 +102,7 @@ def stack_conditionings(per_prompt: list[list]) -> list:
             extras[key] = first
         else:
             raise ValueError(f"conditioning extra {key!r} differs between prompts and cannot be batched")
-    extras[TOKEN_LENGTHS_KEY] = tuple(int(t.shape[1]) for t in tensors)
+    extras[TOKEN_LENGTHS_KEY] = lengths
     return [[stacked, extras]]
 
 
@@ -112,11 +129,44 @@ def _same(a: object, b: object) -> bool:
 
 
 def clustering_embeddings(conditioning: list) -> np.ndarray:
-    """(N, D) vectors to cluster on: the pooled output when the encoder gives one, else the token mean."""
+    """(N, D) vectors to cluster on: the pooled output when the encoder gives one, else the mean of each
+    row's own tokens."""
     tensor, extras = conditioning[0]
     pooled = extras.get("pooled_output")
-    vectors = pooled if isinstance(pooled, torch.Tensor) else tensor.mean(dim=1)
+    if isinstance(pooled, torch.Tensor):
+        vectors = pooled
+    else:
+        lengths = extras.get(TOKEN_LENGTHS_KEY) or (tensor.shape[1],) * tensor.shape[0]
+        vectors = torch.stack([row[:length].mean(dim=0) for row, length in zip(tensor, lengths, strict=True)])
     return vectors.float().cpu().numpy().astype(np.float64)
+
+
+def token_lengths(conditioning: list) -> np.ndarray | None:
+    """(N,) each prompt's own token count, or None when every row uses the tensor's whole length."""
+    tensor, extras = conditioning[0]
+    lengths = extras.get(TOKEN_LENGTHS_KEY)
+    if lengths is None or all(length == tensor.shape[1] for length in lengths):
+        return None
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def group_token_length(lengths: np.ndarray, members: np.ndarray) -> int:
+    """The token length of a group's mixed conditioning: the least common multiple of its members'
+    lengths (one member: its own length, unpadded)."""
+    return math.lcm(*np.unique(lengths[members]).tolist())
+
+
+def token_length_parts(conditioning: list, tree: PromptTree, nodes: np.ndarray) -> list[np.ndarray]:
+    """Positions in ``nodes`` split into parts whose groups share one token length (see
+    :func:`group_token_length`), in order of first appearance; one part holding every position when the
+    set's prompts all have one length. A model call takes one part: its tokens form one tensor."""
+    lengths = token_lengths(conditioning)
+    if lengths is None:
+        return [np.arange(len(nodes))]
+    parts: dict[int, list[int]] = {}
+    for position, node in enumerate(nodes):
+        parts.setdefault(group_token_length(lengths, tree.members(int(node))), []).append(position)
+    return [np.asarray(positions, dtype=np.int64) for positions in parts.values()]
 
 
 def group_model_conds(
@@ -125,26 +175,49 @@ def group_model_conds(
     """Processed ComfyUI conds (N rows each) -> the same conds with one row per group in ``nodes``.
 
     Per-row tensors (batch size N) are mixed per group; batch-1 tensors such as a shared negative
-    prompt stay as they are (ComfyUI repeats them to the batch), as do constants.
+    prompt stay as they are (ComfyUI repeats them to the batch), as do constants. The cross-attention
+    tokens of an entry whose prompts have different token counts are mixed over each member's own
+    tokens, repeated to the group's length (:func:`group_token_length`); the groups in ``nodes`` must
+    share that length (:func:`token_length_parts`).
     """
     if conds is None:
         return None
     grouped = []
     for entry in conds:
+        lengths = entry.get(TOKEN_LENGTHS_KEY)
+        lengths = (
+            np.asarray(lengths, dtype=np.int64) if lengths is not None and len(lengths) == n_rows else None
+        )
         entry = entry.copy()
         entry["model_conds"] = {
-            key: _group_model_cond(value, conditioner, step, nodes, n_rows)
+            key: _group_model_cond(value, conditioner, step, nodes, n_rows, lengths)
             for key, value in entry["model_conds"].items()
         }
         grouped.append(entry)
     return grouped
 
 
-def _group_model_cond(value, conditioner: GroupConditioner, step: int, nodes: np.ndarray, n_rows: int):
+def _group_model_cond(
+    value,
+    conditioner: GroupConditioner,
+    step: int,
+    nodes: np.ndarray,
+    n_rows: int,
+    lengths: np.ndarray | None,
+):
     if isinstance(value, comfy.conds.CONDList):
         return value._copy_with([_group_rows(t, conditioner, step, nodes, n_rows) for t in value.cond])
     if isinstance(value, comfy.conds.CONDRegular) and isinstance(value.cond, torch.Tensor):
-        return value._copy_with(_group_rows(value.cond, conditioner, step, nodes, n_rows))
+        tensor = value.cond
+        if (
+            isinstance(value, comfy.conds.CONDCrossAttn)
+            and lengths is not None
+            and tensor.ndim == 3
+            and tensor.shape[:2] == (n_rows, int(lengths.max()))
+            and np.any(lengths != tensor.shape[1])
+        ):
+            return value._copy_with(_group_tokens(tensor, conditioner, step, nodes, lengths))
+        return value._copy_with(_group_rows(tensor, conditioner, step, nodes, n_rows))
     return value
 
 
@@ -154,3 +227,68 @@ def _group_rows(
     if n_rows > 1 and tensor.ndim > 0 and tensor.shape[0] == n_rows:
         return conditioner.rows_for(step, nodes, tensor)
     return tensor
+
+
+# Mixed rows of groups whose members differ in length, per sampling run (its GroupConditioner), kept
+# while the group is active like the conditioner's own cache: (id(tokens), node) -> (length, C).
+_MIXED_LENGTH_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _group_tokens(
+    tokens: torch.Tensor, conditioner: GroupConditioner, step: int, nodes: np.ndarray, lengths: np.ndarray
+) -> torch.Tensor:
+    """tokens: (N, T, C), row i's own tokens first -> (len(nodes), L, C) mixed per group, L the groups'
+    shared length (:func:`group_token_length`)."""
+    tree = conditioner.plan.tree
+    members = [tree.members(int(node)) for node in nodes]
+    group_lengths = {group_token_length(lengths, m) for m in members}
+    if len(group_lengths) != 1:
+        raise ValueError(f"groups of token lengths {sorted(group_lengths)} cannot share one model call")
+    length = group_lengths.pop()
+    # Groups of one length are what the conditioner mixes (and caches) on the stored rows: their first
+    # `length` tokens are exactly the mix of the members' own tokens.
+    alike = [i for i, m in enumerate(members) if len(np.unique(lengths[m])) == 1]
+    rows: list[torch.Tensor | None] = [None] * len(nodes)
+    if alike:
+        mixed = conditioner.rows_for(step, nodes[alike], tokens)[:, :length]
+        for i, row in zip(alike, mixed, strict=True):
+            rows[i] = row
+    cache = _MIXED_LENGTH_ROWS.setdefault(conditioner, {})
+    active = set(conditioner.plan.groups(step).nodes.tolist())
+    for key in [key for key in cache if key[1] not in active]:
+        del cache[key]
+    for i, node in enumerate(nodes):
+        if rows[i] is None:
+            key = (id(tokens), int(node))
+            if key not in cache:
+                cache[key] = _mix_lengths(tokens, members[i], lengths, length, conditioner.mix)
+            rows[i] = cache[key]
+    return torch.stack(rows)
+
+
+def _mix_lengths(
+    tokens: torch.Tensor, members: np.ndarray, lengths: np.ndarray, length: int, mix: str
+) -> torch.Tensor:
+    """(length, C): the mean of the members' own tokens, each repeated to ``length``, or with
+    ``mix="medoid"`` the member nearest (L2, over the repeated tokens) to that mean, repeated.
+
+    Computed per token length t, without building the repeated rows: the members of length t sum to a
+    (t, C) block that the mean repeats length / t times.
+    """
+    classes = [(int(t), members[lengths[members] == t]) for t in np.unique(lengths[members])]
+    blocks = [tokens.index_select(0, torch.as_tensor(m, device=tokens.device))[:, :t] for t, m in classes]
+    mean = sum(_repeat_tokens(block.sum(0), length) for (t, _), block in zip(classes, blocks, strict=True))
+    mean = mean / len(members)
+    if mix == "mean":
+        return mean
+    # |repeat(r) - mean|^2 = k |r|^2 - 2 <r, S> + |mean|^2, with k = length / t repeats of r and S the sum
+    # of the mean's k consecutive t-token blocks.
+    best, best_distance = None, math.inf
+    for (t, _), block in zip(classes, blocks, strict=True):
+        flat = block.flatten(1).float()
+        folded = mean.float().reshape(length // t, -1).sum(0)
+        distances = (length // t) * flat.square().sum(1) - 2 * flat @ folded
+        i = int(torch.argmin(distances))
+        if float(distances[i]) < best_distance:
+            best, best_distance = block[i], float(distances[i])
+    return _repeat_tokens(best[None], length)[0]

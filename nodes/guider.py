@@ -29,7 +29,8 @@ from hierdiff_core.schedule import Plan
 from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.tree import build_tree
 
-from .conditioning import PromptTreeSet, group_model_conds
+from .checks import check_sigmas
+from .conditioning import PromptTreeSet, group_model_conds, token_length_parts
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
 
@@ -141,6 +142,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         seed=None,
     ):
         full_sigmas = (self.full_sigmas if self.full_sigmas is not None else sigmas).cpu()
+        check_sigmas(full_sigmas)  # no step, no plan: say so before anything runs
         seed = 0 if seed is None else int(seed)
         probe = self._plan_run(noise, latent_image, full_sigmas, denoise_mask, seed)
         # What ordinary sampling would cost counts no probe; what this run costs does.
@@ -219,9 +221,21 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     def _evaluate(
         self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
     ) -> list[torch.Tensor]:
+        conds, conditioner = self._context[0], self._context[3]
+        self.count.hierarchical += len(nodes) * sum(c is not None for c in conds)
+        parts = token_length_parts(self.prompt_set.conditioning, conditioner.plan.tree, nodes)
+        if len(parts) == 1:
+            return self._evaluate_groups(step, x, sigma, nodes)
+        # Groups of different token lengths cannot share one tokens tensor: one call per length.
+        outputs = [self._evaluate_groups(step, *_rows_at(p, x, sigma), nodes[p]) for p in parts]
+        order = torch.as_tensor(np.argsort(np.concatenate(parts)))
+        return [torch.cat(c).index_select(0, order.to(c[0].device)) for c in zip(*outputs, strict=True)]
+
+    def _evaluate_groups(
+        self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
+    ) -> list[torch.Tensor]:
         conds, model, model_options, conditioner, previous = self._context
         grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts) for c in conds]
-        self.count.hierarchical += len(nodes) * sum(c is not None for c in conds)
         if previous is not None:
             return previous(
                 {"conds": grouped, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
@@ -235,10 +249,11 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             return {}
         return {"y": comfy.conds.CONDRegular(unclip_adm_rows(self.prompt_set, self.model_patcher, seed))}
 
-    def _prepare_for_batch(self, executor, model, noise_shape, conds, model_options=None):
-        # ComfyUI sizes memory from the latent batch; the model only ever sees max_batch groups.
+    def _prepare_for_batch(self, executor, model, noise_shape, conds, model_options=None, **options):
+        # ComfyUI sizes memory from the latent batch; the model only ever sees max_batch groups. Newer
+        # hosts pass more keyword options (force_full_load, force_offload): they go through unchanged.
         shape = [min(int(noise_shape[0]), self.max_batch), *noise_shape[1:]]
-        return executor(model, shape, conds, model_options=model_options)
+        return executor(model, shape, conds, model_options=model_options, **options)
 
 
 def first_step_tree(
@@ -289,6 +304,12 @@ def first_step_tree(
     # Only the tree changes: embedding_space still says what the conditioning carries (prior-space sets
     # bring per-prompt unCLIP rows).
     return dataclasses.replace(prompt_set, tree=tree), probe.count
+
+
+def _rows_at(positions: np.ndarray, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The rows at ``positions`` of each per-row tensor; 0-d tensors pass unchanged."""
+    index = torch.as_tensor(positions)
+    return [t.index_select(0, index.to(t.device)) if t.ndim > 0 else t for t in tensors]
 
 
 def _with_model_conds(conds: list[dict] | None, model_conds: dict) -> list[dict] | None:

@@ -18,15 +18,22 @@ import torch
 from comfy_api.latest import io
 
 from hierdiff_core.engine import CONDITIONING_MIXES
-from hierdiff_core.schedule import BUDGET_MODES, Budget, Plan, plan
+from hierdiff_core.schedule import BUDGET_MODES, MAX_STEPS, Budget, Plan, plan
 
-from .conditioning import PromptTreeSet, check_token_lengths
+from .checks import (
+    TRUNK_INPUT,
+    check_budget,
+    check_budget_steps,
+    check_denoise,
+    check_latent_channels,
+    check_latent_image,
+    check_model_inputs,
+    end_step,
+)
+from .conditioning import PromptTreeSet
 from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line
-from .prior import check_tree_matches_model
 from .report import plan_ui
 from .sockets import HIER_LATENT, MEASURED_KEY, PLAN_KEY, PROMPT_TREE
-
-MAX_STEP = 10000
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ def engine_inputs() -> list:
 def sampling_inputs() -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-        io.Int.Input("steps", default=20, min=1, max=MAX_STEP),
+        io.Int.Input("steps", default=20, min=1, max=MAX_STEPS),
         io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
         io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
         io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
@@ -106,7 +113,8 @@ def planner(budget: Budget):
     """The guider's ``plan_fn`` for a budget."""
 
     def plan_for(prompt_set: PromptTreeSet, steps: int, probe_evaluations: int) -> Plan:
-        return plan(prompt_set.tree, steps, budget, probe_evaluations=probe_evaluations)
+        budget_for_run = check_budget_steps(budget, steps)
+        return plan(prompt_set.tree, steps, budget_for_run, probe_evaluations=probe_evaluations)
 
     return plan_for
 
@@ -132,7 +140,7 @@ def planning_guider(
         prompt_tree,
         negative,
         cfg,
-        plan_fn=planner(Budget(budget, budget_value)),  # a bad budget is refused here, before sampling
+        plan_fn=planner(check_budget(budget, budget_value)),  # a bad budget is refused here, before sampling
         sigmas=sigmas,
         max_batch=max_batch,
         noise_mode=noise_mode,
@@ -154,41 +162,9 @@ def tree_input() -> io.Combo.Input:
     )
 
 
-def check_prompt_tree(model, prompt_set: PromptTreeSet) -> None:
-    """Raises naming prompt_tree when it is empty or its conditioning does not fit the model."""
-    if prompt_set is None or prompt_set.tree.n_prompts < 1:
-        raise ValueError("prompt_tree input is empty")
-    check_tree_matches_model(prompt_set, model)
-    check_token_lengths(prompt_set, model)
-    expected = _context_dim(model.model.model_config.unet_config)
-    if expected is not None and prompt_set.context_dim != expected:
-        raise ValueError(
-            f"prompt_tree conditioning has context dimension {prompt_set.context_dim} but the MODEL expects "
-            f"{expected}: build the tree with this checkpoint's CLIP"
-        )
-
-
-def _context_dim(unet_config: dict) -> int | None:
-    """Token width a model takes: a UNet's context_dim, Flux's context_in_dim, SD3's embedder input."""
-    embedder = (unet_config.get("context_embedder_config") or {}).get("params", {})
-    return unet_config.get("context_dim") or unet_config.get("context_in_dim") or embedder.get("in_features")
-
-
-def check_inputs(model, prompt_set: PromptTreeSet, latent: dict) -> torch.Tensor:
-    """The latent, fitted to the model; raises naming the input that does not fit."""
-    check_prompt_tree(model, prompt_set)
-    samples = latent["samples"]
-    if samples.shape[0] != 1:
-        raise ValueError(
-            f"latent_image has batch size {samples.shape[0]}; give one latent (batch 1): "
-            "it sets the size, and the prompt set sets the batch"
-        )
-    return comfy.sample.fix_empty_latent_channels(model, samples)
-
-
 def full_sigmas(model, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
-    if denoise <= 0:
-        raise ValueError(f"denoise must be above 0, got {denoise}")
+    """The whole run's sigmas, as stock KSampler makes them for these inputs."""
+    denoise = check_denoise(denoise)
     device = comfy.model_management.get_torch_device()
     return comfy.samplers.KSampler(model, steps, device, sampler_name, scheduler, denoise).sigmas.cpu()
 
@@ -228,13 +204,6 @@ def report(guider: HierarchicalGuider) -> tuple[str, dict]:
     return ui[PLAN_KEY][0], ui
 
 
-def _end_step(end_at_step: int, steps: int, start: int) -> int:
-    end = min(int(end_at_step), steps)
-    if end <= start:
-        raise ValueError(f"end_at_step ({end_at_step}) must come after the starting step ({start})")
-    return end
-
-
 def sample_trunk(
     model,
     prompt_tree: PromptTreeSet,
@@ -255,9 +224,11 @@ def sample_trunk(
     tree_from: str = "prompt_tree",
 ) -> tuple[HierLatent, str, dict]:
     """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default)."""
-    latent = check_inputs(model, prompt_tree, latent_image)
+    check_model_inputs(model, prompt_tree, negative, cfg)
+    latent = check_latent_image(model, latent_image)
     sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
-    end = _end_step(end_at_step, len(sigmas) - 1, 0)
+    check_budget_steps(check_budget(budget, budget_value), len(sigmas) - 1)
+    end = end_step(end_at_step, len(sigmas) - 1, 0)
     guider = planning_guider(
         model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
         tree_from, sigmas,
@@ -273,7 +244,7 @@ def sample_trunk(
 
 def trunk_inputs(*, end_at_step: bool) -> list:
     """The inputs the all-in-one and the trunk sampler share (the trunk also stops at end_at_step)."""
-    stop = [io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP)] if end_at_step else []
+    stop = [io.Int.Input("end_at_step", default=MAX_STEPS, min=1, max=MAX_STEPS)] if end_at_step else []
     return [
         io.Model.Input("model"),
         PROMPT_TREE.Input("prompt_tree"),
@@ -308,7 +279,7 @@ class HierKSampler(io.ComfyNode):
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
             model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
-            budget, budget_value, MAX_STEP, max_batch, noise_mode, conditioning_mix, tree_from,
+            budget, budget_value, MAX_STEPS, max_batch, noise_mode, conditioning_mix, tree_from,
         )
         return io.NodeOutput({"samples": hier.samples}, plan_json, ui=ui)
 
@@ -355,7 +326,7 @@ class HierBranchSampler(io.ComfyNode):
                 io.Conditioning.Input("negative"),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
-                io.Int.Input("end_at_step", default=MAX_STEP, min=1, max=MAX_STEP),
+                io.Int.Input("end_at_step", default=MAX_STEPS, min=1, max=MAX_STEPS),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT"),
@@ -367,12 +338,13 @@ class HierBranchSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, hier_latent, negative, cfg, sampler_name, end_at_step) -> io.NodeOutput:
         hier: HierLatent = hier_latent
-        channels = model.get_model_object("latent_format").latent_channels
-        if hier.samples.shape[1] != channels:
-            raise ValueError(
-                f"hier_latent has {hier.samples.shape[1]} latent channels but this MODEL uses {channels}"
-            )
-        end = _end_step(end_at_step, hier.plan.steps, hier.step)
+        check_model_inputs(model, hier.prompt_set, negative, cfg, TRUNK_INPUT)
+        check_latent_channels(
+            model, hier.samples, "hier_latent",
+            "a Branch Sampler continues its trunk's latents, so connect a model with the trunk's latent "
+            "format (the trunk's checkpoint, with a LoRA or other patches)",
+        )  # fmt: skip
+        end = end_step(end_at_step, hier.plan.steps, hier.step)
         guider = HierarchicalGuider(
             model,
             hier.prompt_set,
@@ -420,7 +392,7 @@ class HierGuider(io.ComfyNode):
         cls, model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
         tree_from="prompt_tree",
     ) -> io.NodeOutput:  # fmt: skip
-        check_prompt_tree(model, prompt_tree)
+        check_model_inputs(model, prompt_tree, negative, cfg)
         guider = planning_guider(
             model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
             tree_from,

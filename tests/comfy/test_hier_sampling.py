@@ -487,6 +487,7 @@ def test_progress_carries_a_latent_preview_of_the_set(comfy, monkeypatch):
     from comfy import utils as comfy_utils
     from comfy.cli_args import LatentPreviewMethod
 
+    tree = prompt_tree(comfy, PROMPTS)  # before the hook: the cluster node reports its own progress
     monkeypatch.setattr(latent_preview.args, "preview_method", LatentPreviewMethod.Latent2RGB)
     monkeypatch.setattr(comfy_utils, "PROGRESS_BAR_ENABLED", True)
     updates = []
@@ -495,7 +496,7 @@ def test_progress_carries_a_latent_preview_of_the_set(comfy, monkeypatch):
         "PROGRESS_BAR_HOOK",
         lambda value, total, preview, **_: updates.append((value, total, preview)),
     )
-    hier_ksampler(comfy, prompt_tree(comfy, PROMPTS), steps=STEPS)
+    hier_ksampler(comfy, tree, steps=STEPS)
     assert [(value, total) for value, total, _ in updates] == [(i, STEPS) for i in range(1, STEPS + 1)]
     for _, _, preview in updates:
         image_format, image, _ = preview
