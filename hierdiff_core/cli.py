@@ -22,7 +22,10 @@ import numpy as np
 from .schedule import Budget
 from .tree import METHODS
 
-GENERATE_HELP = "generate one image per prompt with Kandinsky 2.2 (prior + decoder), sharing steps; resumable"
+GENERATE_HELP = (
+    "generate one image per prompt, sharing steps, with a diffusers pipeline folder (--pipeline DIR: SD 1.x, "
+    "SDXL, SD3, Flux, PixArt-Sigma) or Kandinsky 2.2 (--model DIR, or --prior and --decoder); resumable"
+)
 
 
 class CommandError(Exception):

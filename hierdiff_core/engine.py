@@ -133,7 +133,9 @@ class GroupedEvaluator:
     ``evaluate(step, x_g, *row_args_g, nodes)`` receives the step, the representative rows (G', ...)
     of at most ``max_batch`` groups, the matching rows of each per-row argument, and the groups' node
     ids; it returns a tensor (G', ...) or a sequence of such tensors. ``before_batch`` runs before each
-    model batch (ComfyUI wires its cancel check there).
+    model batch (ComfyUI wires its cancel check there). ``row_dim`` is the dimension holding the rows
+    in the inputs and outputs (1 for a diffusers guidance batch viewed as (halves, N, ...), so the
+    N-row result is already in the pipeline's [unconditional, conditional] layout).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class GroupedEvaluator:
         evaluate: Callable[..., Outputs],
         max_batch: int = 64,
         before_batch: Callable[[], None] | None = None,
+        row_dim: int = 0,
     ):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -149,6 +152,7 @@ class GroupedEvaluator:
         self.evaluate = evaluate
         self.max_batch = int(max_batch)
         self.before_batch = before_batch
+        self.row_dim = int(row_dim)
         self.evaluations = 0
         self._on_device: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
@@ -162,9 +166,11 @@ class GroupedEvaluator:
         return self._on_device[2], self._on_device[3]
 
     def __call__(self, step: int, x: torch.Tensor, *row_args: torch.Tensor) -> Outputs:
-        """x: (N, ...) latent rows; row_args: (N, ...) each. Returns ``evaluate``'s result with N rows."""
-        if x.shape[0] != self.plan.tree.n_prompts:
-            raise ValueError(f"expected {self.plan.tree.n_prompts} latent rows, got {x.shape[0]}")
+        """x: (N, ...) latent rows; row_args: (N, ...) each (N along ``row_dim``). Returns ``evaluate``'s
+        result with N rows."""
+        dim = self.row_dim
+        if x.shape[dim] != self.plan.tree.n_prompts:
+            raise ValueError(f"expected {self.plan.tree.n_prompts} latent rows, got {x.shape[dim]}")
         nodes = self.plan.groups(step).nodes
         representatives, row_group = self._indices(step, x.device)
         chunks: list[Outputs] = []
@@ -172,15 +178,20 @@ class GroupedEvaluator:
             if self.before_batch is not None:
                 self.before_batch()
             rows = representatives[start : start + self.max_batch]
-            args = [a.index_select(0, rows.to(a.device)) if a.ndim > 0 else a for a in row_args]
+            args = [a.index_select(dim, rows.to(a.device)) if a.ndim > dim else a for a in row_args]
             chunks.append(
-                self.evaluate(step, x.index_select(0, rows), *args, nodes[start : start + self.max_batch])
+                self.evaluate(step, x.index_select(dim, rows), *args, nodes[start : start + self.max_batch])
             )
             self.evaluations += len(rows)
+
+        def merged(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+            # One batch needs no concatenation: the scatter below is the only N-row copy.
+            return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim)
+
         if isinstance(chunks[0], torch.Tensor):
-            return torch.cat(chunks).index_select(0, row_group)
+            return merged(chunks).index_select(dim, row_group)
         outputs = zip(*chunks, strict=True)
-        return [torch.cat(parts).index_select(0, row_group.to(parts[0].device)) for parts in outputs]
+        return [merged(parts).index_select(dim, row_group.to(parts[0].device)) for parts in outputs]
 
 
 def scatter_groups(plan: Plan, step: int, per_group: Sequence[torch.Tensor]) -> torch.Tensor:

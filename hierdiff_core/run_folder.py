@@ -41,7 +41,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -202,10 +202,13 @@ class RunFolder:
         import torch
 
         self._require_lock()
-        _replace_with(self.path / STATE_FILE, lambda f: torch.save(state, f))
+        write_atomically(self.path / STATE_FILE, lambda f: torch.save(state, f))
 
-    def add_image(self, index: int, image: Any, record: dict[str, Any]) -> None:
-        """Write prompt ``index``'s PIL image, then append its manifest record.
+    def add_image(
+        self, index: int, image: Any, record: dict[str, Any], text: Mapping[str, str] | None = None
+    ) -> None:
+        """Write prompt ``index``'s PIL image (with ``text`` as PNG text chunks), then append its
+        manifest record.
 
         The record gets ``index``, ``file`` and ``prompt`` from the folder (``record`` must not
         hold them). ValueError when the image is already recorded or has another size than the run's.
@@ -224,7 +227,8 @@ class RunFolder:
         name = image_name(index)
         entry = {"index": index, "file": name, "prompt": self.prompts[index], **record}
         line = (json.dumps(entry) + "\n").encode("utf-8")
-        _replace_with(self.path / name, lambda f: image.save(f, format="PNG"))
+        options = {"pnginfo": _png_text(text)} if text else {}
+        write_atomically(self.path / name, lambda f: image.save(f, format="PNG", **options))
         with (self.path / MANIFEST).open("ab") as manifest:
             end = manifest.seek(0, os.SEEK_END)
             try:
@@ -254,7 +258,7 @@ class RunFolder:
                     "choose another output folder, or delete those files to start over"
                 )
             text = json.dumps(self.settings, indent=1)
-            _replace_with(stored_path, lambda f: f.write(text.encode("utf-8")))
+            write_atomically(stored_path, lambda f: f.write(text.encode("utf-8")))
             return
         try:
             stored = json.loads(stored_path.read_bytes().decode("utf-8"))
@@ -311,7 +315,7 @@ class RunFolder:
             done[record["index"]] = record
         if not clean:
             text = "".join(json.dumps(r) + "\n" for r in done.values())
-            _replace_with(path, lambda f: f.write(text.encode("utf-8")))
+            write_atomically(path, lambda f: f.write(text.encode("utf-8")))
         return done
 
     def _valid_record(self, line: bytes) -> dict | None:
@@ -352,8 +356,19 @@ def _json_round_trip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _replace_with(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temporary name unique to this process, synced and renamed into place."""
+def _png_text(text: Mapping[str, str]) -> Any:
+    """PIL's PNG text chunks for ``text`` (iTXt where a value is not Latin-1)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    return info
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` whole or not at all: ``write(file)`` fills a temporary name unique to this process,
+    which is synced and renamed into place."""
     tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
     try:
         with tmp.open("xb") as f:

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""``hierdiff generate``: one image per prompt with Kandinsky 2.2 through the hierarchical engine.
+"""``hierdiff generate``: its command line, and one image per prompt with Kandinsky 2.2 (prior +
+decoder, the published configuration) through the hierarchical engine. ``--pipeline DIR`` runs any
+other supported diffusers pipeline folder instead (:mod:`hierdiff_diffusers.generate_pipeline`).
 
-The output folder (lock, images, manifest, settings, checkpoint) is a
-:class:`~hierdiff_core.run_folder.RunFolder`. Each manifest record holds: index, file, prompt, seed,
+The output folder (lock, images with PNG text, manifest, settings, checkpoint) is the shared one of
+:mod:`hierdiff_diffusers.output`. Each manifest record holds: index, file, prompt, seed,
 group_path (the prompt's leaf path in the tree), steps_shared (steps denoised inside a group of two or
 more prompts) and steps. The checkpoint holds the run's settings, the prior embeddings and the
 denoising state after the last completed step (one latent row per active group).
@@ -24,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,16 +38,30 @@ from hierdiff_core.run_folder import RunFolder
 from hierdiff_core.schedule import MAX_STEPS, Budget, Plan
 from hierdiff_core.schedule import plan as make_plan
 
+from .output import (
+    DEVICES,
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_SIDE,
+    ImageWriter,
+    Progress,
+    check_finite,
+    check_int,
+    check_prompts,
+    check_side,
+    open_run,
+    plan_figures,
+    resolve_device,
+)
+
 if TYPE_CHECKING:
     import torch
 
-MAX_SIDE = 2048
-"""Largest height or width in pixels: the decoder's memory grows with height x width."""
-MAX_BATCH = 4096
-"""Largest number of groups in one UNet batch."""
-MAX_SEED = 2**64 - 1
-"""torch generators take seeds up to this."""
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
+__all__ = ["DEVICES", "MAX_BATCH", "MAX_SEED", "MAX_SIDE", "KandinskyRun", "generate", "resolve_device"]
+
+KANDINSKY_DEFAULTS = {"steps": 40, "guidance": 10.0, "prior_guidance": 4.0, "prior_steps": 25, "height": 512,
+                      "width": 512, "max_batch": 16}  # fmt: skip
+"""The Kandinsky path's defaults (the published configuration; 16 groups per UNet batch)."""
 
 
 @dataclass(frozen=True)
@@ -88,18 +102,15 @@ class KandinskyRun:
     def check(self) -> None:
         """Raise ValueError (one line naming the setting and what it accepts) for any bad setting, a
         missing or incomplete model folder, or a size the decoder cannot make. Reads only configs."""
-        if not self.prompts:
-            raise ValueError("no prompts to generate")
-        if not all(isinstance(p, str) and p.strip() for p in self.prompts):
-            raise ValueError("every prompt must be a non-blank string")
-        _check_int(self.seed, "seed", 0, MAX_SEED)
+        check_prompts(self.prompts)
+        check_int(self.seed, "seed", 0, MAX_SEED)
         (self.budget or Budget("tau", 0.0)).check(self.steps)  # the planner's own steps bounds
-        _check_int(self.prior_steps, "prior steps", 1, MAX_STEPS)
-        _check_finite(self.guidance_scale, "guidance scale")
-        _check_finite(self.prior_guidance_scale, "prior guidance scale")
-        _check_int(self.max_batch, "max batch (groups per UNet batch)", 1, MAX_BATCH)
+        check_int(self.prior_steps, "prior steps", 1, MAX_STEPS)
+        check_finite(self.guidance_scale, "guidance scale")
+        check_finite(self.prior_guidance_scale, "prior guidance scale")
+        check_int(self.max_batch, "max batch (groups per UNet batch)", 1, MAX_BATCH)
         for name in ("height", "width"):
-            _check_int(getattr(self, name), name, 1, MAX_SIDE, why="memory grows with height x width")
+            check_int(getattr(self, name), name, 1, MAX_SIDE, why="memory grows with height x width")
         from .kandinsky import check_decoder_folder
         from .prior import check_prior_folder
 
@@ -107,25 +118,8 @@ class KandinskyRun:
         check_decoder_folder(self.decoder_dir)
         factor = decoder_factor(self.decoder_dir)
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value % factor:
-                below = value // factor * factor
-                nearest = f"{below} or {below + factor}" if below else str(factor)
-                raise ValueError(
-                    f"{name} must be a multiple of {factor} for decoder {self.decoder_dir!r} "
-                    f"(its movq's downscale factor), got {value}; try {nearest}"
-                )
-
-
-def _check_int(value: Any, name: str, low: int, high: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or not low <= value <= high:
-        reason = f" ({why})" if why else ""
-        raise ValueError(f"{name} must be an integer in [{low}, {high}]{reason}, got {value!r}")
-
-
-def _check_finite(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            model = f"decoder {self.decoder_dir!r} (its movq's downscale factor)"
+            check_side(getattr(self, name), name, factor, model)
 
 
 def decoder_factor(decoder_dir: str | os.PathLike[str]) -> int:
@@ -144,33 +138,6 @@ def decoder_factor(decoder_dir: str | os.PathLike[str]) -> int:
     return 2 ** (len(blocks) - 1)
 
 
-def resolve_device(name: str) -> str:
-    """The torch device for ``name``: "auto" is cuda when a GPU is available, else cpu. ValueError
-    (one line) for an unknown device or one this machine does not have."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; use {DEVICES}") from None
-    if device.type == "cpu":
-        return name
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {name!r}: no CUDA GPU is available here; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device {name!r}: this machine has cuda:0 to cuda:{count - 1}")
-        return name
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
-        return name
-    raise ValueError(f"device {name!r} is not supported; use {DEVICES}")
-
-
 def generate(
     prompts: Sequence[str],
     prior_dir: str | os.PathLike[str],
@@ -181,6 +148,7 @@ def generate(
     on_step: Callable[[int], None] | None = None,
     on_image: Callable[[int], None] | None = None,
     device: str = "cpu",
+    progress: Progress | None = None,
     **options,
 ) -> dict:
     """Generate (or finish generating) one image per prompt into ``out_dir``.
@@ -188,9 +156,9 @@ def generate(
     ``budget`` sets how much to share (None: tau = 0, ordinary sampling); ``options`` are the other
     fields of :class:`KandinskyRun` (seed, steps, guidance_scale, prior_guidance_scale, prior_steps,
     height, width, max_batch); ``device`` as :func:`resolve_device` takes it. ``on_step(step)`` and
-    ``on_image(index)`` are called after each completed denoising step and each written image.
-    Returns a summary: counts, tau, model evaluations and saving. ValueError (one line) for a bad
-    setting (nothing written) or an output folder that cannot be used.
+    ``on_image(index)`` are called after each completed denoising step and each written image;
+    ``progress`` shows them as a bar. Returns a summary: counts, tau, model evaluations and saving.
+    ValueError (one line) for a bad setting (nothing written) or an output folder that cannot be used.
     """
     run = KandinskyRun(
         tuple(prompts), str(prior_dir), str(decoder_dir), budget=None if budget is None else Budget(*budget),
@@ -198,9 +166,8 @@ def generate(
     )  # fmt: skip
     run.check()
     device = resolve_device(device)
-    with RunFolder.open(out_dir, run.settings(), run.prompts, (run.width, run.height)) as folder:
+    with open_run(out_dir, run.settings(), run.prompts, (run.width, run.height)) as (folder, summary):
         pending = folder.pending()
-        summary = {"prompts": len(run.prompts), "already_done": len(run.prompts) - len(pending), "written": 0}
         if not pending:
             return summary
 
@@ -210,22 +177,30 @@ def generate(
         prior = load_prior(prior_dir, device=device)
         decoder = load_decoder(decoder_dir, device=device)
         check_prior_matches_decoder(prior, decoder)
-        plan, latents = _denoise(run, prior, decoder, folder, on_step)
-        summary["written"] = _write_images(run, plan, decoder, latents, folder, pending, on_image)
-    summary.update(
-        tau=float(plan.tau),
-        model_evaluations=int(plan.model_evaluations),
-        independent_evaluations=int(plan.independent_evaluations),
-        saving=float(plan.saving),
-    )
+        writers: list[ImageWriter] = []
+
+        def start(plan: Plan, steps_to_run: int) -> None:
+            writers.append(ImageWriter(folder, plan, run.seed, on_image, progress, plan_files=False))
+            if progress is not None:
+                progress.start(steps_to_run, len(run.prompts), len(run.prompts) - len(pending))
+
+        plan, latents = _denoise(run, prior, decoder, folder, on_step, progress, start)
+        summary["written"] = _write_images(writers[0], decoder, latents, pending)
+    summary.update(plan_figures(plan))
     return summary
 
 
 def _denoise(
-    run: KandinskyRun, prior, decoder, folder: RunFolder, on_step: Callable[[int], None] | None
+    run: KandinskyRun,
+    prior,
+    decoder,
+    folder: RunFolder,
+    on_step: Callable[[int], None] | None,
+    progress: Progress | None,
+    start: Callable[[Plan, int], None],
 ) -> tuple[Plan, torch.Tensor]:
-    """Embed (or reload the embeddings), plan, and denoise from the folder's checkpoint; returns
-    the plan and the (N, C, h, w) final latents."""
+    """Embed (or reload the embeddings), plan, call ``start(plan, steps to run)``, and denoise from the
+    folder's checkpoint; returns the plan and the (N, C, h, w) final latents."""
 
     from .kandinsky import DenoiseState, denoise_hierarchical, start_latent
     from .prior import embed_prompts_with_prior, prior_tree
@@ -245,12 +220,15 @@ def _denoise(
     plan = make_plan(prior_tree(embeds, run.prompts), run.steps, run.budget or Budget("tau", 0.0))
     row_shape = tuple(start_latent(decoder, run.seed, run.height, run.width).shape[1:])
     state = None if saved is None else _saved_denoise_state(saved["denoise"], run, plan, row_shape)
+    start(plan, run.steps - 1 - (-1 if state is None else state.step))
     if state is not None and state.step == run.steps - 1:
         return plan, state.latents
 
     def checkpoint(current: DenoiseState) -> None:
         compact = current.compact(plan)
         folder.save_state({"settings": settings, "embeds": embeds, "negative": negative, "denoise": compact})
+        if progress is not None:
+            progress.step(current.step, int(plan.evaluations_per_step[current.step]))
         if on_step is not None:
             on_step(current.step)
 
@@ -303,44 +281,35 @@ def _saved_denoise_state(data: Any, run: KandinskyRun, plan: Plan, row_shape: tu
     return DenoiseState.expand(data, plan)
 
 
-def _write_images(
-    run: KandinskyRun,
-    plan: Plan,
-    decoder,
-    latents: torch.Tensor,
-    folder: RunFolder,
-    pending: list[int],
-    on_image: Callable[[int], None] | None,
-) -> int:
-    """Decode each pending latent on its own and add it to the folder with its record; returns the count."""
+def _write_images(writer: ImageWriter, decoder, latents: torch.Tensor, pending: list[int]) -> int:
+    """Decode each pending latent on its own and write it with its record; returns the count."""
     from .kandinsky import decode_latents
 
-    first_steps = plan.first_steps
     for index in pending:
-        image = decode_latents(decoder, latents[index : index + 1])[0]
-        record = {
-            "seed": int(run.seed),
-            "group_path": plan.tree.path(index),
-            "steps_shared": int(first_steps[index]),
-            "steps": int(run.steps),
-        }
-        folder.add_image(index, image, record)
-        if on_image is not None:
-            on_image(index)
-    return len(pending)
+        writer.write(index, decode_latents(decoder, latents[index : index + 1])[0])
+    return writer.written
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``hierdiff generate`` arguments (``run_generate`` handles them)."""
+    """The ``hierdiff generate`` arguments (``run_generate`` handles them). Options left out take the
+    model's defaults: the pipeline's own for ``--pipeline``, the published ones for Kandinsky."""
+    from .generate_pipeline import DTYPES, TREE_SOURCES
+
     parser.add_argument("prompts", help="UTF-8 text file, one prompt per line")
-    parser.add_argument(
+    model = parser.add_argument_group(
+        "model", "--pipeline, or Kandinsky 2.2's --model or --prior and --decoder"
+    )
+    model.add_argument(
+        "--pipeline", metavar="DIR", help="diffusers pipeline folder: SD 1.x, SDXL, SD3, Flux or PixArt-Sigma"
+    )
+    model.add_argument(
         "--model", help="folder holding prior/ (kandinsky-2-2-prior) and decoder/ (kandinsky-2-2-decoder)"
     )
-    parser.add_argument("--prior", help="prior pipeline folder (instead of MODEL/prior)")
-    parser.add_argument("--decoder", help="decoder pipeline folder (instead of MODEL/decoder)")
+    model.add_argument("--prior", help="prior pipeline folder (instead of MODEL/prior)")
+    model.add_argument("--decoder", help="decoder pipeline folder (instead of MODEL/decoder)")
     parser.add_argument("--out", default="hierdiff-out", help="output folder (default: hierdiff-out)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's; Kandinsky 40)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--tau", type=float, help="threshold at the first step (0: ordinary sampling)")
     budget.add_argument(
@@ -349,60 +318,142 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument(
         "--evaluations-per-image", type=float, help="average model evaluations per image, in [1, steps]"
     )
-    parser.add_argument("--guidance", type=float, default=10.0, help="decoder guidance scale (published: 10)")
+    parser.add_argument("--guidance", type=float, help="guidance (default: the pipeline's; Kandinsky 10)")
+    parser.add_argument("--height", type=int, help="pixels (default: the pipeline's; Kandinsky 512)")
+    parser.add_argument("--width", type=int, help="pixels (default: the pipeline's; Kandinsky 512)")
     parser.add_argument(
-        "--prior-guidance", type=float, default=4.0, help="prior guidance scale (published: 4)"
+        "--max-batch", type=int, help="groups per denoiser batch (default 64; Kandinsky 16)"
     )
-    parser.add_argument("--prior-steps", type=int, default=25)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--max-batch", type=int, default=16, help="groups per UNet batch")
     parser.add_argument("--device", default="auto", help="torch device; auto: cuda when available, else cpu")
+    pipeline = parser.add_argument_group("--pipeline runs")
+    pipeline.add_argument(
+        "--scheduler", metavar="NAME", help="a diffusers scheduler class name (default: the folder's)"
+    )
+    pipeline.add_argument(
+        "--tree-from", choices=(*TREE_SOURCES, "prior", "first-step"),
+        help="what the tree is built on: text-encoder (the pipeline's pooled text embedding, default) or "
+        "prompt (the sentence encoder); Kandinsky: prior",
+    )  # fmt: skip
+    pipeline.add_argument("--chunk-size", type=int, help="prompts per pipeline call (default 64)")
+    pipeline.add_argument("--dtype", choices=DTYPES, help="weights' precision (default: as saved)")
+    kandinsky = parser.add_argument_group("Kandinsky 2.2 runs")
+    kandinsky.add_argument("--prior-guidance", type=float, help="prior guidance scale (published: 4)")
+    kandinsky.add_argument("--prior-steps", type=int, help="prior steps (default 25)")
+
+
+_KANDINSKY_ONLY = ("model", "prior", "decoder", "prior_guidance", "prior_steps")
+_PIPELINE_ONLY = ("scheduler", "chunk_size", "dtype")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def run_generate(args: argparse.Namespace) -> int:
     """Handler for ``hierdiff generate``; one-line errors and exit code 2 on bad input."""
-    if args.prior is None and args.model is None or args.decoder is None and args.model is None:
-        print("hierdiff generate: error: give --model DIR or both --prior and --decoder", file=sys.stderr)
-        return 2
-    prior_dir = args.prior or os.path.join(args.model, "prior")
-    decoder_dir = args.decoder or os.path.join(args.model, "decoder")
     options = (args.tau, args.target_saving, args.evaluations_per_image)
+    progress = Progress()
     try:
-        budget = None if options == (None, None, None) else Budget.from_options(*options).check(args.steps)
-        summary = generate(
-            read_prompts(args.prompts),
-            prior_dir,
-            decoder_dir,
-            args.out,
-            budget=budget,
-            device=args.device,
-            seed=args.seed,
-            steps=args.steps,
-            guidance_scale=args.guidance,
-            prior_guidance_scale=args.prior_guidance,
-            prior_steps=args.prior_steps,
-            height=args.height,
-            width=args.width,
-            max_batch=args.max_batch,
-        )
-    except ValueError as exc:  # PriorFolderError and RunFolderError are ValueErrors
-        print(f"hierdiff generate: error: {exc}", file=sys.stderr)
+        given = [name for name in _KANDINSKY_ONLY + _PIPELINE_ONLY if getattr(args, name) is not None]
+        if args.pipeline is not None:
+            wrong = [_option(name) for name in given if name in _KANDINSKY_ONLY]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} go with Kandinsky 2.2 runs, not with --pipeline")
+            run = _pipeline_run(args)
+        else:
+            wrong = [_option(name) for name in given if name in _PIPELINE_ONLY]
+            if args.tree_from not in (None, "prior"):
+                wrong.append(f"--tree-from {args.tree_from}")
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} go with --pipeline runs; Kandinsky 2.2 builds the tree "
+                                 "on its prior's embeddings and runs DDPM as published")  # fmt: skip
+            run = _kandinsky_run(args)
+        budget = None if options == (None, None, None) else Budget.from_options(*options)
+        summary = run(read_prompts(args.prompts), budget, progress)
+    except ValueError as exc:  # PriorFolderError, PipelineFolderError and RunFolderError are ValueErrors
+        print(f"hierdiff generate: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except OSError as exc:  # the disk failed under a running run (full, removed): the run can resume
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"hierdiff generate: error: {exc.strerror or exc}{where}; rerun the command to resume",
               file=sys.stderr)  # fmt: skip
         return 1
+    finally:
+        progress.close()
     if "saving" in summary:
+        chunks = summary.get("chunks")
+        tail = "; x2 with guidance)" if chunks is None else f"; {chunks} chunks)" if chunks > 1 else ")"
         print(
             f"{summary['written']} images written to {args.out} ({summary['already_done']} already there); "
             f"tau {summary['tau']:.4g}: {summary['model_evaluations']} model evaluations instead of "
-            f"{summary['independent_evaluations']} ({100 * summary['saving']:.1f} % saved; x2 with guidance)"
+            f"{summary['independent_evaluations']} ({100 * summary['saving']:.1f} % saved"
+            + tail
         )
     else:
         print(f"all {summary['prompts']} images already in {args.out}; nothing to do")
     return 0
+
+
+def _default(value: Any, name: str) -> Any:
+    return KANDINSKY_DEFAULTS[name] if value is None else value
+
+
+def _kandinsky_run(args: argparse.Namespace) -> Callable[[list[str], Budget | None, Progress], dict]:
+    if args.prior is None and args.model is None or args.decoder is None and args.model is None:
+        raise ValueError(
+            "give --pipeline DIR (a diffusers pipeline folder), or --model DIR or both --prior and --decoder "
+            "(Kandinsky 2.2)"
+        )
+    prior_dir = args.prior or os.path.join(args.model, "prior")
+    decoder_dir = args.decoder or os.path.join(args.model, "decoder")
+    _quiet_loading()
+
+    def run(prompts: list[str], budget: Budget | None, progress: Progress) -> dict:
+        steps = _default(args.steps, "steps")
+        return generate(
+            prompts, prior_dir, decoder_dir, args.out, budget=None if budget is None else budget.check(steps),
+            device=args.device, progress=progress, seed=args.seed, steps=steps,
+            guidance_scale=_default(args.guidance, "guidance"),
+            prior_guidance_scale=_default(args.prior_guidance, "prior_guidance"),
+            prior_steps=_default(args.prior_steps, "prior_steps"), height=_default(args.height, "height"),
+            width=_default(args.width, "width"), max_batch=_default(args.max_batch, "max_batch"),
+        )  # fmt: skip
+
+    return run
+
+
+def _pipeline_run(args: argparse.Namespace) -> Callable[[list[str], Budget | None, Progress], dict]:
+    from .generate_pipeline import generate_pipeline
+
+    options = {
+        name: getattr(args, attribute)
+        for name, attribute in (("steps", "steps"), ("guidance_scale", "guidance"), ("height", "height"),
+                                ("width", "width"), ("max_batch", "max_batch"), ("chunk_size", "chunk_size"),
+                                ("tree_from", "tree_from"), ("scheduler", "scheduler"), ("dtype", "dtype"))
+        if getattr(args, attribute) is not None
+    }  # fmt: skip
+    _quiet_loading()
+
+    def run(prompts: list[str], budget: Budget | None, progress: Progress) -> dict:
+        return generate_pipeline(
+            prompts, args.pipeline, args.out, budget=budget, device=args.device, progress=progress,
+            seed=args.seed, **options,
+        )  # fmt: skip
+
+    return run
+
+
+def _quiet_loading() -> None:
+    """No loading bars or advice from diffusers and transformers on the command's stderr (the run's own
+    progress bar is there)."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # the run itself says what to install
+        return
+    for logging in (diffusers_logging, transformers_logging):
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

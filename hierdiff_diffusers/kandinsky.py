@@ -1,6 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Kandinsky 2.2 (prior + decoder) driven by the hierarchical engine, outside ComfyUI.
 
+The decoder runs as the diffusers ``KandinskyV22Pipeline``'s own loop with its UNet grouped
+(:mod:`hierdiff_diffusers.denoiser`); this module adds the published settings, the shared starting
+latent and resumable state.
+
 The published configuration: prompts -> Kandinsky 2.2 prior image embeddings (guidance 4) -> Ward
 tree over cosine distances in that space -> decoder UNet with DDPM, 40 steps, guidance 10,
 512 x 512, one UNet evaluation per active group conditioned on the mean of its members' image
@@ -20,17 +24,18 @@ is exactly the plain ``KandinskyV22Pipeline`` called with ``latents`` = the shar
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
 
-from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupGenerators
+from hierdiff_core.engine import GroupedEvaluator
 from hierdiff_core.schedule import Plan
 
+from .denoiser import grouped
 from .prior import PriorFolderError, TextToImagePrior
 
 PUBLISHED = {"steps": 40, "guidance_scale": 10.0, "prior_guidance_scale": 4.0, "height": 512, "width": 512}
@@ -167,7 +172,8 @@ def denoise_hierarchical(
     state: DenoiseState | None = None,
     on_step: Callable[[DenoiseState], None] | None = None,
 ) -> tuple[torch.Tensor, GroupedEvaluator]:
-    """Run the decoder's K = ``plan.steps`` DDPM steps for N prompts through the engine.
+    """Run the decoder's K = ``plan.steps`` DDPM steps for N prompts: the diffusers pipeline's own loop
+    with its UNet grouped (:func:`~hierdiff_diffusers.denoiser.grouped`).
 
     Parameters
     ----------
@@ -182,27 +188,68 @@ def denoise_hierarchical(
     latents : (N, C, h, w) final latents in prompt order.
     evaluator : the engine's evaluator; ``evaluator.evaluations`` counts group rows evaluated
         (each costs two UNet rows with guidance).
+
+    Resuming goes through the pipeline's loop too: the scheduler's timesteps are cut to the steps
+    after ``state.step`` once the pipeline has set them. DDPM computes each step from its timestep
+    alone (the previous timestep follows from the step count), and the latents and noise-generator
+    states are the saved ones, so a resumed run is bit-identical to an uninterrupted one.
     """
     _check_image_embeds(decoder, image_embeds, plan.tree.n_prompts)
     pipe = decoder.pipeline
-    scheduler = pipe.scheduler
-    scheduler.set_timesteps(plan.steps, device=decoder.device)
-    evaluate = _guided_unet(decoder, plan, image_embeds, negative_embed, guidance_scale)
-    evaluator = GroupedEvaluator(plan, evaluate, max_batch=max_batch)
+    n = plan.tree.n_prompts
     if state is None:
         start = start_latent(decoder, seed, height, width)
-        state = DenoiseState(-1, start.repeat(plan.tree.n_prompts, 1, 1, 1), {})
-    latents = state.latents.to(device=decoder.device, dtype=pipe.unet.dtype)
-    noise = GroupGenerators(plan, seed, state.generators)
-    with torch.no_grad():
-        for step in range(state.step + 1, plan.steps):
-            generators = noise.rows(step)
-            noise_pred = evaluator(step, latents)
-            latents = scheduler.step(noise_pred, scheduler.timesteps[step], latents, generator=generators)[0]
-            noise.advance(step, generators)
+        state = DenoiseState(-1, start.repeat(n, 1, 1, 1), {})
+    first = state.step + 1
+    if first >= plan.steps:
+        return state.latents, GroupedEvaluator(plan, lambda *args: None)
+    dtype = pipe.unet.dtype
+    embeds = image_embeds.to(device=decoder.device, dtype=dtype)
+    negative = negative_embed.to(device=decoder.device, dtype=dtype).reshape(1, -1).expand(n, -1)
+    with grouped(
+        pipe, plan, seed=seed, max_batch=max_batch, generator_states=state.generators, first_step=first
+    ) as run:
+
+        def step_end(pipeline: object, index: int, timestep: torch.Tensor, tensors: dict) -> dict:
             if on_step is not None:
-                on_step(DenoiseState(step, latents, noise.states()))
-    return latents, evaluator
+                on_step(DenoiseState(run.step, tensors["latents"], run.generator_states()))
+            return {}
+
+        with _timesteps_from(pipe.scheduler, first), torch.no_grad():
+            latents = pipe(
+                image_embeds=embeds,
+                negative_image_embeds=negative,
+                height=height,
+                width=width,
+                num_inference_steps=plan.steps,
+                guidance_scale=guidance_scale,
+                generator=run.generator,
+                latents=state.latents.to(device=decoder.device, dtype=dtype),
+                output_type="latent",
+                callback_on_step_end=step_end,
+            ).images
+    return latents, run.denoiser.evaluator
+
+
+@contextmanager
+def _timesteps_from(scheduler: DDPMScheduler, first: int) -> Iterator[None]:
+    """While open, the scheduler's ``set_timesteps`` keeps only the timesteps from step ``first`` on."""
+    if first == 0:
+        yield
+        return
+    if scheduler.custom_timesteps:
+        raise ValueError("resuming needs the decoder's DDPM scheduler with its own timesteps")
+    full = type(scheduler).set_timesteps
+
+    def set_timesteps(*args, **kwargs) -> None:
+        full(scheduler, *args, **kwargs)
+        scheduler.timesteps = scheduler.timesteps[first:]
+
+    scheduler.set_timesteps = set_timesteps
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps
 
 
 def _check_image_embeds(decoder: KandinskyDecoder, image_embeds: torch.Tensor, n: int) -> None:
@@ -213,49 +260,6 @@ def _check_image_embeds(decoder: KandinskyDecoder, image_embeds: torch.Tensor, n
             f"image embeddings are {image_embeds.shape[1]} wide but decoder {str(decoder.folder)!r} "
             f"expects {decoder.embedding_dim}"
         )
-
-
-def _guided_unet(
-    decoder: KandinskyDecoder,
-    plan: Plan,
-    image_embeds: torch.Tensor,
-    negative_embed: torch.Tensor,
-    guidance_scale: float,
-) -> Callable[[int, torch.Tensor, np.ndarray], torch.Tensor]:
-    """The engine's ``evaluate`` for the decoder: one UNet batch for some groups at a step, each group
-    conditioned on its members' mean embedding, with classifier-free guidance as the pipeline does it."""
-    pipe = decoder.pipeline
-    dtype = pipe.unet.dtype
-    scheduler = pipe.scheduler
-    guided = guidance_scale > 1.0
-    latent_channels = pipe.unet.config.in_channels
-    learned_variance = scheduler.config.variance_type in ("learned", "learned_range")
-    embeds = image_embeds.to(device=decoder.device, dtype=dtype)
-    negative = negative_embed.to(device=decoder.device, dtype=dtype).reshape(1, -1)
-    conditioner = GroupConditioner(plan, "mean")
-
-    def evaluate(step: int, x_g: torch.Tensor, nodes: np.ndarray) -> torch.Tensor:
-        # [negative rows, group rows], as the diffusers pipeline orders them.
-        cond = conditioner.rows_for(step, nodes, embeds)
-        if guided:
-            batch = torch.cat([x_g, x_g])
-            cond = torch.cat([negative.expand(len(nodes), -1), cond])
-        else:
-            batch = x_g
-        out = pipe.unet(
-            sample=batch,
-            timestep=scheduler.timesteps[step],
-            encoder_hidden_states=None,
-            added_cond_kwargs={"image_embeds": cond},
-            return_dict=False,
-        )[0]
-        if guided:
-            eps, variance = out.split(latent_channels, dim=1)
-            eps_uncond, eps_cond = eps.chunk(2)
-            out = torch.cat([eps_uncond + guidance_scale * (eps_cond - eps_uncond), variance.chunk(2)[1]], 1)
-        return out if learned_variance else out[:, :latent_channels]
-
-    return evaluate
 
 
 def decode_latents(decoder: KandinskyDecoder, latents: torch.Tensor) -> list:
