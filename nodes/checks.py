@@ -188,6 +188,24 @@ def check_sigmas(sigmas: torch.Tensor) -> None:
         )
 
 
+def check_composable(model_options: dict) -> None:
+    """Refuse the model patches that cannot follow a batch whose rows change as groups split, naming the
+    node and what to use instead (docs/sampling.md, "Composing with other nodes")."""
+    holder = model_options.get("transformer_options", {}).get("easycache")
+    if type(holder).__name__ == "EasyCacheHolder":  # LazyCache keeps its holder under the same key
+        raise ValueError(
+            "EasyCache cannot feed a hierarchical sampler: it reuses model outputs per batch row, and the "
+            "rows change whenever groups split. Connect the MODEL before EasyCache, or use LazyCache"
+        )
+    for function in model_options.get("sampler_post_cfg_function", []):
+        if getattr(function, "__qualname__", "").startswith("SelfAttentionGuidance."):
+            raise ValueError(
+                "SelfAttentionGuidance cannot feed a hierarchical sampler: it blurs every latent row with "
+                "attention recorded from one model call, which holds the call's groups, not one row per "
+                "prompt. Remove it, or use PerturbedAttentionGuidance, which is evaluated per group"
+            )
+
+
 def check_budget(mode: str, value: float) -> Budget:
     """The Budget of a node's budget and budget_value inputs; a bad value is refused naming budget_value."""
     if mode not in BUDGET_MODES:

@@ -2,11 +2,12 @@
 """The one bridge between ComfyUI's sampling and the hierarchical engine.
 
 :class:`HierarchicalGuider` is a ``comfy.samplers.CFGGuider``: ComfyUI's samplers, schedulers, CFG,
-model patches and hooks all run unchanged on one latent row per prompt. The guider only swaps the
-conditioned-batch computation (``sampler_calc_cond_batch_function``) for one that evaluates the
-model once per active group through :class:`hierdiff_core.engine.GroupedEvaluator`, and gives
-stochastic samplers noise that is shared inside a group. Every sampler node and the GUIDER node
-use this class: there is one engine.
+model patches and hooks all run unchanged on one latent row per prompt. The guider only wraps
+ComfyUI's conditioned-batch computation (a ``CALC_COND_BATCH`` wrapper) so that every model call on
+the N rows, the sampler's own and those of guidance functions such as PAG's, evaluates the model once
+per active group through :class:`hierdiff_core.engine.GroupedEvaluator`, and gives stochastic samplers
+noise that is shared inside a group. Every sampler node and the GUIDER node use this class: there is
+one engine.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from hierdiff_core.schedule import Plan
 from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.tree import build_tree
 
-from .checks import check_sigmas
+from .checks import check_composable, check_sigmas
 from .conditioning import PromptTreeSet, group_model_conds, token_length_parts
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
@@ -56,7 +57,9 @@ _BROWNIAN_SAMPLER_FUNCTIONS = {
 
 @dataclass
 class EvaluationCount:
-    """Model evaluations of one run, in latent rows through the network."""
+    """Model evaluations of one run, in latent rows through the network: ``hierarchical`` counts every
+    row that reached the diffusion model; ``independent`` what ordinary sampling of every prompt would
+    have sent through it for the same calls."""
 
     hierarchical: int = 0
     independent: int = 0
@@ -143,6 +146,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     ):
         full_sigmas = (self.full_sigmas if self.full_sigmas is not None else sigmas).cpu()
         check_sigmas(full_sigmas)  # no step, no plan: say so before anything runs
+        check_composable(self.model_options)
         seed = 0 if seed is None else int(seed)
         probe = self._plan_run(noise, latent_image, full_sigmas, denoise_mask, seed)
         # What ordinary sampling would cost counts no probe; what this run costs does.
@@ -196,33 +200,47 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         cancel_check = comfy.model_management.throw_exception_if_processing_interrupted
         evaluator = GroupedEvaluator(plan, self._evaluate, self.max_batch, cancel_check)
         conditioner = GroupConditioner(plan, self.mix)
-        previous = self.model_options.get("sampler_calc_cond_batch_function")
         row_conds = self._per_row_model_conds(seed)
 
-        def calc_cond_batch(args: dict) -> list[torch.Tensor]:
-            step = step_for_sigma(full_sigmas, float(args["sigma"].flatten()[0]))
-            conds = [_with_model_conds(args["conds"][0], row_conds), *args["conds"][1:]]
-            self._context = (conds, args["model"], args["model_options"], conditioner, previous)
-            self.count.independent += n * sum(c is not None for c in args["conds"])
-            self.count.guided = args["conds"][1] is not None
-            return evaluator(step, args["input"], args["sigma"])
+        def group_rows(executor, model, conds, x, timestep, model_options):
+            # Every call on this run's N rows is grouped: the sampler's [positive, negative] and the
+            # extra calls of guidance functions (PAG's [positive], ...), so they share and are counted
+            # alike. A call on other rows (a context window's slice) is not this plan's: passed on.
+            seen = self.count.hierarchical
+            if x.ndim == 0 or x.shape[0] != n:
+                out = executor(model, conds, x, timestep, model_options)
+                self.count.independent += self.count.hierarchical - seen
+                return out
+            step = step_for_sigma(full_sigmas, float(timestep.flatten()[0]))
+            positive = {entry.get("uuid") for entry in self.conds.get("positive") or []} - {None}
+            conds = [_with_model_conds(c, row_conds) if _is_positive(c, positive) else c for c in conds]
+            self._context = (conds, model, model_options, conditioner, executor)
+            self.count.guided |= len(conds) > 1 and conds[1] is not None
+            out = evaluator(step, x, timestep)
+            # Every group sends the same rows (its cond entries, areas, those in their timestep range),
+            # so one row per prompt would have sent n / groups times as many.
+            self.count.independent += (self.count.hierarchical - seen) * n // len(plan.groups(step).nodes)
+            return out
+
+        def count_rows(executor, x, *args, **kwargs):
+            self.count.hierarchical += int(x.shape[0])  # what reaches the network, whoever calls it
+            return executor(x, *args, **kwargs)
 
         options = comfy.model_patcher.create_model_options_clone(self.model_options)
-        options["sampler_calc_cond_batch_function"] = calc_cond_batch
-        comfy.patcher_extension.add_wrapper_with_key(
-            comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
-            "hierdiff",
-            self._prepare_for_batch,
-            options,
-            is_model_options=True,
-        )
+        for wrapper_type, wrapper in (
+            (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, group_rows),
+            (comfy.patcher_extension.WrappersMP.APPLY_MODEL, count_rows),
+            (comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, self._prepare_for_batch),
+        ):
+            comfy.patcher_extension.add_wrapper_with_key(
+                wrapper_type, "hierdiff", wrapper, options, is_model_options=True
+            )
         return options
 
     def _evaluate(
         self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
     ) -> list[torch.Tensor]:
-        conds, conditioner = self._context[0], self._context[3]
-        self.count.hierarchical += len(nodes) * sum(c is not None for c in conds)
+        conditioner = self._context[3]
         parts = token_length_parts(self.prompt_set.conditioning, conditioner.plan.tree, nodes)
         if len(parts) == 1:
             return self._evaluate_groups(step, x, sigma, nodes)
@@ -234,13 +252,9 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     def _evaluate_groups(
         self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
     ) -> list[torch.Tensor]:
-        conds, model, model_options, conditioner, previous = self._context
+        conds, model, model_options, conditioner, executor = self._context
         grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts) for c in conds]
-        if previous is not None:
-            return previous(
-                {"conds": grouped, "input": x, "sigma": sigma, "model": model, "model_options": model_options}
-            )
-        return comfy.samplers.calc_cond_batch(model, grouped, x, sigma, model_options)
+        return executor(model, grouped, x, sigma, model_options)
 
     def _per_row_model_conds(self, seed: int) -> dict[str, comfy.conds.CONDRegular]:
         """Per-prompt model inputs that ComfyUI cannot batch itself: unCLIP's ``y`` sums all the image
@@ -310,6 +324,12 @@ def _rows_at(positions: np.ndarray, *tensors: torch.Tensor) -> list[torch.Tensor
     """The rows at ``positions`` of each per-row tensor; 0-d tensors pass unchanged."""
     index = torch.as_tensor(positions)
     return [t.index_select(0, index.to(t.device)) if t.ndim > 0 else t for t in tensors]
+
+
+def _is_positive(conds: list[dict] | None, positive: set) -> bool:
+    """Whether a cond list of a model call is the run's positive (ComfyUI gives every entry a uuid that
+    its processing keeps)."""
+    return bool(conds) and all(entry.get("uuid") in positive for entry in conds)
 
 
 def _with_model_conds(conds: list[dict] | None, model_conds: dict) -> list[dict] | None:

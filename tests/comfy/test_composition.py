@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Hierarchical sampling composed with ComfyUI's model patches and guidance nodes (real host, tiny model).
+
+Specification:
+- every model call on the run's N rows goes through the grouping, the sampler's own and the extra calls
+  of guidance post-functions (PerturbedAttentionGuidance): they are evaluated once per active group, so
+  members of a group stay identical until they split and the saving holds for the extra calls too;
+- "measured" is what reaches the diffusion model: it equals an independent counter around the model's
+  apply function in every case, the extra calls included;
+- at tau = 0 the result equals stock KSampler per prompt with the same patched model, also when a step
+  takes several model calls (more prompts than max_batch);
+- patches that cannot follow a batch whose rows change (EasyCache, SelfAttentionGuidance) are refused
+  before the model runs, with one line naming the node; LazyCache runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hierdiff_core.schedule import Plan
+
+PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
+SET_WITH_SPLITS = [
+    "a red cat on a sofa",
+    "a red cat on a chair",
+    "a blue dog in the snow",
+    "a blue dog on a beach",
+    "a green tree in a field",
+    "an old castle at night",
+]
+SEED = 7
+STEPS = 6
+LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_host, tiny_model):
+    """ComfyUI's node classes, its ``nodes`` module, the tiny model and an encoded negative."""
+    import comfy.utils
+
+    import nodes as comfy_nodes
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    model, clip, _ = tiny_model
+
+    class Comfy:
+        classes = comfy_host.node_classes
+        stock = comfy_nodes
+
+    Comfy.model, Comfy.clip = model, clip
+    Comfy.negative = comfy_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
+    return Comfy
+
+
+def patched(comfy, node_id: str, *inputs):
+    """The MODEL output of one of ComfyUI's model-patch nodes applied to the tiny model."""
+    return comfy.classes[node_id].execute(comfy.model, *inputs).args[0]
+
+
+def counting(model):
+    """A clone of ``model`` whose apply function counts the latent rows that reach the network."""
+    counter = {"rows": 0}
+
+    def wrapper(apply_model, args):
+        counter["rows"] += args["input"].shape[0]
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    clone = model.clone()
+    clone.set_model_unet_function_wrapper(wrapper)
+    return clone, counter
+
+
+def prompt_tree(comfy, prompts: list[str]):
+    node = comfy.classes["HierPromptSetCluster"]
+    return node.execute([comfy.clip], ["\n".join(prompts)], ["ward"], ["clip_pooled"]).args[0]
+
+
+def hier_ksampler(
+    comfy, model, prompts: list[str], *, budget="tau", value=0.0, max_batch=64, cfg=7.0, negative=None
+):
+    node = comfy.classes["HierKSampler"]
+    return node.execute(
+        model, prompt_tree(comfy, prompts), negative or comfy.negative, LATENT, SEED, STEPS, cfg, "euler",
+        "normal", 1.0, budget, value, max_batch, "shared", "mean", "prompt_tree",
+    )  # fmt: skip
+
+
+def stock_ksampler(comfy, model, prompt: str, cfg=7.0, negative=None) -> torch.Tensor:
+    positive = comfy.stock.CLIPTextEncode().encode(comfy.clip, prompt)[0]
+    out = comfy.stock.common_ksampler(
+        model, SEED, STEPS, cfg, "euler", "normal", positive, negative or comfy.negative, LATENT
+    )
+    return out[0]["samples"]
+
+
+def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
+    """Equal within 1e-4 of the reference's magnitude (float round-off of batches of other sizes)."""
+    scale = max(1.0, reference.abs().max().item())
+    difference = (actual - reference).abs().max().item()
+    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
+
+
+def measured_rows(out) -> tuple[int, int]:
+    """(rows through the model, rows ordinary sampling would take) from the node's measured line."""
+    line = out.ui["hierdiff_measured"][0]
+    through = line.split("measured: ")[1].split(" latent rows")[0]
+    instead = line.split(" instead of ")[1].split(",")[0].split(" ")[0]
+    return int(through.replace(",", "")), int(instead.replace(",", ""))
+
+
+@pytest.mark.parametrize("max_batch", [64, 2])
+def test_perturbed_attention_guidance_at_tau_zero_equals_stock_per_prompt(comfy, max_batch):
+    model = patched(comfy, "PerturbedAttentionGuidance", 3.0)
+    counted, counter = counting(model)
+    out = hier_ksampler(comfy, counted, PROMPTS, max_batch=max_batch)
+    samples = out.args[0]["samples"]
+    for i, prompt in enumerate(PROMPTS):
+        assert_close(samples[i : i + 1], stock_ksampler(comfy, model, prompt), f"PAG, prompt {i}")
+    # Conditional, unconditional and PAG's perturbed conditional row per prompt and step.
+    assert counter["rows"] == 3 * len(PROMPTS) * STEPS
+    assert measured_rows(out) == (counter["rows"], 3 * len(PROMPTS) * STEPS)
+
+
+@pytest.mark.parametrize("max_batch", [64, 2])
+def test_perturbed_attention_guidance_is_evaluated_per_group(comfy, max_batch):
+    model, counter = counting(patched(comfy, "PerturbedAttentionGuidance", 3.0))
+    out = hier_ksampler(comfy, model, SET_WITH_SPLITS, budget="target_saving", value=0.5, max_batch=max_batch)
+    plan = Plan.from_json(out.args[1])
+    assert plan.saving >= 0.5
+    # PAG's extra call shares like the sampler's own: three rows per group and step, the plan's saving.
+    assert counter["rows"] == 3 * plan.model_evaluations
+    assert measured_rows(out) == (counter["rows"], 3 * STEPS * len(SET_WITH_SPLITS))
+
+
+def test_duplicates_under_perturbed_attention_guidance_stay_one_image(comfy):
+    model, counter = counting(patched(comfy, "PerturbedAttentionGuidance", 3.0))
+    out = hier_ksampler(comfy, model, ["a red cat on a sofa"] * 3 + ["a blue dog in the snow"], max_batch=1)
+    samples = out.args[0]["samples"]
+    assert torch.equal(samples[0], samples[1]) and torch.equal(samples[0], samples[2])
+    assert counter["rows"] == 3 * 2 * STEPS  # two distinct prompts, three rows each per step
+
+
+def test_lazy_cache_runs_and_measured_equals_the_model_counter(comfy):
+    model, counter = counting(patched(comfy, "LazyCache", 0.2, 0.15, 0.95, False))
+    out = hier_ksampler(comfy, model, SET_WITH_SPLITS, budget="target_saving", value=0.5, max_batch=2)
+    assert torch.isfinite(out.args[0]["samples"]).all()
+    assert 0 < counter["rows"] <= 2 * Plan.from_json(out.args[1]).model_evaluations
+    assert measured_rows(out)[0] == counter["rows"]
+
+
+@pytest.mark.parametrize(
+    ("node_id", "inputs", "message"),
+    [
+        (
+            "EasyCache",
+            (0.2, 0.15, 0.95, False),
+            "EasyCache cannot feed a hierarchical sampler: it reuses model outputs per batch row, and the "
+            "rows change whenever groups split. Connect the MODEL before EasyCache, or use LazyCache",
+        ),
+        (
+            "SelfAttentionGuidance",
+            (0.5, 2.0),
+            "SelfAttentionGuidance cannot feed a hierarchical sampler: it blurs every latent row with "
+            "attention recorded from one model call, which holds the call's groups, not one row per "
+            "prompt. Remove it, or use PerturbedAttentionGuidance, which is evaluated per group",
+        ),
+    ],
+)
+def test_patches_that_cannot_follow_splitting_rows_are_refused_before_the_model_runs(
+    comfy, node_id, inputs, message
+):
+    model, counter = counting(patched(comfy, node_id, *inputs))
+    with pytest.raises(ValueError) as refused:
+        hier_ksampler(comfy, model, PROMPTS)
+    assert str(refused.value) == message
+    assert counter["rows"] == 0
+
+
+def timestep_ranged_negative(comfy) -> list:
+    """The negative only for the first half of the steps: ComfyUI skips it (no rows) afterwards."""
+    return comfy.stock.ConditioningSetTimestepRange().set_range(comfy.negative, 0.0, 0.5)[0]
+
+
+def area_negative(comfy) -> list:
+    """The negative plus a second negative on the left half: two unconditional entries, evaluated apart."""
+    left = comfy.stock.CLIPTextEncode().encode(comfy.clip, "grainy")[0]
+    left = comfy.stock.ConditioningSetArea().append(left, 32, 64, 0, 0, 1.0)[0]
+    return comfy.stock.ConditioningCombine().combine(comfy.negative, left)[0]
+
+
+@pytest.mark.parametrize("negative", [timestep_ranged_negative, area_negative])
+def test_measured_counts_the_rows_the_model_really_sees(comfy, negative):
+    """Timestep ranges send fewer rows than one per cond list and areas more: measured follows the model."""
+    negative = negative(comfy)
+    model, counter = counting(comfy.model)
+    out = hier_ksampler(comfy, model, PROMPTS, negative=negative, max_batch=2)
+    samples = out.args[0]["samples"]
+    for i, prompt in enumerate(PROMPTS):
+        reference = stock_ksampler(comfy, comfy.model, prompt, negative=negative)
+        assert_close(samples[i : i + 1], reference, f"prompt {i}")
+    assert counter["rows"] != 2 * len(PROMPTS) * STEPS  # not the plain cond + uncond count
+    assert measured_rows(out) == (counter["rows"], counter["rows"])  # tau = 0: nothing shared
+
+    counter["rows"] = 0
+    out = hier_ksampler(comfy, model, SET_WITH_SPLITS, negative=negative, budget="target_saving", value=0.5)
+    through = counter["rows"]
+    assert Plan.from_json(out.args[1]).saving >= 0.5
+    counter["rows"] = 0
+    for prompt in SET_WITH_SPLITS:  # what ordinary sampling sends through the model, counted
+        stock_ksampler(comfy, model, prompt, negative=negative)
+    assert measured_rows(out) == (through, counter["rows"])
