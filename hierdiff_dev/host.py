@@ -246,7 +246,8 @@ class InProcessHost:
             )
         self.server.messages.clear()
         self.server.last_prompt_id = prompt_id
-        executor = execution.PromptExecutor(self.server, cache_args={"lru": 0, "ram": 0})
+        # Newer hosts read "ram_inactive" too; 0.3.75 ignores keys it does not know.
+        executor = execution.PromptExecutor(self.server, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         extra_data = {"client_id": client_id} if client_id is not None else {}
         executor.execute(prompt, prompt_id, extra_data, outputs_to_execute)
         messages = list(self.server.messages)

@@ -17,6 +17,7 @@ One model call takes groups of one token length: :func:`token_length_parts` spli
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from dataclasses import dataclass
@@ -34,14 +35,42 @@ TOKEN_LENGTHS_KEY = "hier_token_lengths"
 first tokens; the rest of a shorter row is filler that mixing never reads)."""
 
 
+def held_tensors(value: object) -> list[torch.Tensor]:
+    """Every tensor inside ``value`` (lists, tuples, dicts and dataclass fields, walked)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, field.name) for field in dataclasses.fields(value)]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in held_tensors(item)]
+    return []
+
+
+class CacheSized:
+    """Tells ComfyUI's RAM-pressure cache what a socket value holds: without it an N-row value counts
+    as tiny and is evicted last (0.3.75 calls ``get_ram_usage``, newer hosts ``_comfy_cache_tensors``)."""
+
+    def _comfy_cache_tensors(self) -> list[torch.Tensor]:
+        return held_tensors(self)
+
+    def get_ram_usage(self) -> int:
+        """Bytes of the value's tensors held in CPU memory."""
+        tensors = {id(t): t for t in self._comfy_cache_tensors() if t.device.type == "cpu"}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 @dataclass(frozen=True)
-class PromptTreeSet:
+class PromptTreeSet(CacheSized):
     """The PROMPT_TREE socket value.
 
     tree: hierarchy over the N prompts; prompts: the N texts; conditioning: a ComfyUI CONDITIONING
-    list with a single entry ``[tensor (N, T, C), {extras, tensors with N rows}]``, where row i's
-    tokens are its first ``extras[TOKEN_LENGTHS_KEY][i]`` (all T when the key is absent);
-    embedding_space: what the tree was clustered in ("clip_pooled", "sentence", "prior_image").
+    list whose prompt entry (:func:`prompt_entry`) is ``[tensor (N, T, C), {extras, tensors with N
+    rows}]``, where row i's tokens are its first ``extras[TOKEN_LENGTHS_KEY][i]`` (all T when the key is
+    absent); embedding_space: what the tree was clustered in ("clip_pooled", "sentence", "prior_image").
+    Prompt Set Cluster makes a single entry; Prompt Tree Set Conditioning (``nodes/tree_conditioning``)
+    may add entries of N rows or of one row shared by every prompt (ConditioningCombine).
     """
 
     tree: PromptTree
@@ -54,13 +83,20 @@ class PromptTreeSet:
             raise ValueError(
                 f"tree has {self.tree.n_prompts} prompts but {len(self.prompts)} texts were given"
             )
-        rows = self.conditioning[0][0].shape[0]
-        if len(self.conditioning) != 1 or rows != len(self.prompts):
-            raise ValueError(f"conditioning must be one entry with {len(self.prompts)} rows, got {rows}")
+        n = len(self.prompts)
+        rows = [int(entry[0].shape[0]) for entry in self.conditioning]
+        if not rows or prompt_entry(self.conditioning)[0].shape[0] != n or any(r not in (1, n) for r in rows):
+            raise ValueError(f"conditioning must hold {n} rows (entries of {n} or 1 rows), got {rows}")
 
     @property
     def context_dim(self) -> int:
-        return int(self.conditioning[0][0].shape[-1])
+        return int(prompt_entry(self.conditioning)[0].shape[-1])
+
+
+def prompt_entry(conditioning: list) -> list:
+    """The CONDITIONING entry holding the prompts' own rows: the first that records their token lengths
+    (``TOKEN_LENGTHS_KEY``, which ComfyUI's conditioning nodes copy along), else the first entry."""
+    return next((entry for entry in conditioning if TOKEN_LENGTHS_KEY in entry[1]), conditioning[0])
 
 
 def _repeat_tokens(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -113,7 +149,7 @@ def check_token_lengths(prompt_set: PromptTreeSet, model) -> None:
     jointly over text and image tokens (SD3's MMDiT, Flux, ...) weigh repeated text tokens more, so a
     padded prompt would no longer give what it gives alone. Raises ValueError naming the model type.
     """
-    lengths = prompt_set.conditioning[0][1].get(TOKEN_LENGTHS_KEY, ())
+    lengths = prompt_entry(prompt_set.conditioning)[1].get(TOKEN_LENGTHS_KEY, ())
     if len(set(lengths)) > 1 and not isinstance(model.model.diffusion_model, UNetModel):
         raise ValueError(
             f"prompt_tree input: its prompts encode to different token counts ({min(lengths)} to "
@@ -143,7 +179,7 @@ def clustering_embeddings(conditioning: list) -> np.ndarray:
 
 def token_lengths(conditioning: list) -> np.ndarray | None:
     """(N,) each prompt's own token count, or None when every row uses the tensor's whole length."""
-    tensor, extras = conditioning[0]
+    tensor, extras = prompt_entry(conditioning)
     lengths = extras.get(TOKEN_LENGTHS_KEY)
     if lengths is None or all(length == tensor.shape[1] for length in lengths):
         return None

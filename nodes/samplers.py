@@ -30,14 +30,14 @@ from .checks import (
     check_model_inputs,
     end_step,
 )
-from .conditioning import PromptTreeSet
+from .conditioning import CacheSized, PromptTreeSet
 from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line
 from .report import plan_ui
 from .sockets import HIER_LATENT, MEASURED_KEY, PLAN_KEY, PROMPT_TREE
 
 
 @dataclass(frozen=True)
-class HierLatent:
+class HierLatent(CacheSized):
     """The HIER_LATENT socket value: one latent row per prompt part-way through a planned run.
 
     samples: (N, C, H, W) rows after ``step`` of the plan's steps, with their leftover noise;

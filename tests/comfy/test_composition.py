@@ -210,3 +210,40 @@ def test_measured_counts_the_rows_the_model_really_sees(comfy, negative):
     for prompt in SET_WITH_SPLITS:  # what ordinary sampling sends through the model, counted
         stock_ksampler(comfy, model, prompt, negative=negative)
     assert measured_rows(out) == (through, counter["rows"])
+
+
+def test_socket_values_tell_comfyui_s_ram_cache_what_they_hold(comfy):
+    """ComfyUI's RAM-pressure cache sizes an output by its tensors (get_ram_usage on 0.3.75): an N-row
+    PROMPT_TREE or HIER_LATENT must not count as tiny."""
+    tree = prompt_tree(comfy, SET_WITH_SPLITS)
+    tokens, extras = tree.conditioning[0]
+    pooled = extras["pooled_output"]
+    assert tree.get_ram_usage() == sum(t.numel() * t.element_size() for t in (tokens, pooled))
+    trunk = comfy.classes["HierSharedTrunkSampler"].execute(
+        comfy.model, tree, comfy.negative, LATENT, SEED, STEPS, 7.0, "euler", "normal", 1.0, "tau", 0.0, 2,
+        64, "shared", "mean",
+    ).args[0]  # fmt: skip
+    held = sum(t.numel() * t.element_size() for t in (trunk.samples, trunk.sigmas))
+    assert trunk.samples.shape[0] == len(SET_WITH_SPLITS)
+    assert trunk.get_ram_usage() == held + tree.get_ram_usage()
+
+
+def test_the_prepare_sampling_wrapper_forwards_options_of_newer_hosts(comfy):
+    """Newer ComfyUI passes force_full_load and force_offload to every PREPARE_SAMPLING wrapper: they go
+    through unchanged, and ComfyUI sizes memory for at most max_batch rows."""
+    guider = comfy.classes["HierGuider"].execute(
+        comfy.model, prompt_tree(comfy, SET_WITH_SPLITS), comfy.negative, 7.0, "tau", 0.0, 4, "shared", "mean"
+    ).args[0]
+    calls = []
+
+    def executor(model, noise_shape, conds, **options):
+        calls.append((noise_shape, options))
+
+    guider._prepare_for_batch(executor, "model", [6, 4, 8, 8], [], model_options={"x": 1})
+    guider._prepare_for_batch(
+        executor, "model", [6, 4, 8, 8], [], model_options={}, force_full_load=True, force_offload=False
+    )
+    assert calls == [
+        ([4, 4, 8, 8], {"model_options": {"x": 1}}),
+        ([4, 4, 8, 8], {"model_options": {}, "force_full_load": True, "force_offload": False}),
+    ]
