@@ -184,7 +184,7 @@ def run_steps(
     """Sample steps [start, end) of ``sigmas``; the rows (N, ...) keep their leftover noise when end < K."""
     run_sigmas = sigmas[start : end + 1]
     noise = comfy.sample.prepare_noise(latent[:1], seed) if add_noise else torch.zeros_like(latent[:1])
-    callback = latent_preview.prepare_callback(model, len(run_sigmas) - 1)
+    callback = work_progress(model, guider, start, end)
     samples = guider.sample(
         noise,
         latent,
@@ -196,6 +196,20 @@ def run_steps(
         seed=seed,
     )
     return samples.to(comfy.model_management.intermediate_device())
+
+
+def work_progress(model, guider: HierarchicalGuider, start: int, end: int):
+    """ComfyUI's progress-and-preview callback for steps [start, end), advancing by the plan's model
+    evaluations done rather than by steps: early shared steps evaluate a few groups, late ones a row per
+    prompt, so a bar by steps ran ahead of the time spent (80 % shown after 59 % of the time)."""
+    show = latent_preview.prepare_callback(model, end - start)
+
+    def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+        per_step = guider.plan.evaluations_per_step[start:end]  # planned when sampling began
+        done = int(per_step[: step + 1].sum())
+        show(done - 1, x0, x, int(per_step.sum()))
+
+    return callback
 
 
 def report(guider: HierarchicalGuider) -> tuple[str, dict]:

@@ -359,8 +359,12 @@ def test_every_sampler_node_reports_the_plan_and_progress(comfy_host):
     assert summary.startswith(f"{len(SET_WITH_SPLITS)} images, ")
     assert "hierdiff_plan" in result.outputs["sampler"]
     assert "hierdiff_tree" in result.outputs["cluster"]
-    progress = [e["value"] for e in result.events("progress") if e.get("node") == "sampler"]
-    assert progress == list(range(1, 7))
+    from hierdiff_core.schedule import Plan
+
+    # One event per step, counting the plan's model evaluations done out of all of them.
+    per_step = Plan.from_json(result.outputs["sampler"]["hierdiff_plan"][0]).evaluations_per_step
+    progress = [(e["value"], e["max"]) for e in result.events("progress") if e.get("node") == "sampler"]
+    assert progress == [(int(done), int(per_step.sum())) for done in np.cumsum(per_step)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +491,7 @@ def test_progress_carries_a_latent_preview_of_the_set(comfy, monkeypatch):
     from comfy import utils as comfy_utils
     from comfy.cli_args import LatentPreviewMethod
 
-    tree = prompt_tree(comfy, PROMPTS)  # before the hook: the cluster node reports its own progress
+    tree = prompt_tree(comfy, SET_WITH_SPLITS)  # before the hook: the cluster node reports its own progress
     monkeypatch.setattr(latent_preview.args, "preview_method", LatentPreviewMethod.Latent2RGB)
     monkeypatch.setattr(comfy_utils, "PROGRESS_BAR_ENABLED", True)
     updates = []
@@ -496,8 +500,14 @@ def test_progress_carries_a_latent_preview_of_the_set(comfy, monkeypatch):
         "PROGRESS_BAR_HOOK",
         lambda value, total, preview, **_: updates.append((value, total, preview)),
     )
-    hier_ksampler(comfy, tree, steps=STEPS)
-    assert [(value, total) for value, total, _ in updates] == [(i, STEPS) for i in range(1, STEPS + 1)]
+    out = hier_ksampler(comfy, tree, steps=10, budget="target_saving", value=0.5)
+    from hierdiff_core.schedule import Plan
+
+    # The bar advances by model evaluations (groups per step), not by steps: shared steps cost less.
+    per_step = Plan.from_json(out.args[1]).evaluations_per_step
+    assert len(set(per_step.tolist())) > 1
+    total = int(per_step.sum())
+    assert [(value, total_) for value, total_, _ in updates] == [(int(v), total) for v in np.cumsum(per_step)]
     for _, _, preview in updates:
         image_format, image, _ = preview
         assert image_format == "JPEG" and image.size == (8, 8)  # one latent pixel per preview pixel
