@@ -17,7 +17,7 @@ if _PACK_ROOT not in sys.path:
 
 WEB_DIRECTORY = "./web"
 
-_NODE_MODULES = ("cluster", "samplers", "report", "prior", "templates", "routes")
+_NODE_MODULES = ("cluster", "samplers", "report", "prior", "templates", "routes", "tree_conditioning")
 
 
 async def comfy_entrypoint():

@@ -53,6 +53,20 @@ def group_seed(seed: int, tree: PromptTree, node: int) -> int:
     return _stable_seed(int(seed), tree.path(node))
 
 
+def fresh_noise(tree: PromptTree, seed: int, rows: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """(len(rows), ...) standard normal noise, one row per leaf in ``rows``, shaped like ``like``'s rows
+    (1, ...) and on its device and dtype; each from its own generator, seeded by the run's seed and the
+    leaf's path (apart from the leaf's group noise), so it never depends on which other rows are drawn."""
+    generated = [
+        torch.randn(
+            tuple(like.shape[1:]),
+            generator=torch.Generator().manual_seed(_stable_seed(int(seed), "fresh", tree.path(int(row)))),
+        )
+        for row in rows
+    ]
+    return torch.stack(generated).to(device=like.device, dtype=like.dtype)
+
+
 def _stable_seed(*parts: object) -> int:
     """A 63-bit seed from its parts' text, the same on every machine and Python run."""
     digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()

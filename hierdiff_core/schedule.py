@@ -414,6 +414,14 @@ class Plan:
         return cls.from_dict(data)
 
 
+def copies_split_step(plan: Plan, copies: int) -> int | None:
+    """The first step at which the copies of each prompt (a tree from :func:`~.tree.with_copies`) are
+    apart, in 0..K-1 (their height is positive, and the last threshold is 0); None for one copy."""
+    if copies == 1:
+        return None
+    return int(plan.first_steps[1])  # leaf 1, the second copy of prompt 0, like every copy
+
+
 def plan(
     tree: PromptTree,
     steps: int,

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -259,6 +260,46 @@ class PromptTree:
         return self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def with_copies(tree: PromptTree, copies: int) -> PromptTree:
+    """The tree over ``copies`` copies of each prompt (variations), leaf ``i * copies + v`` being copy v of
+    prompt i: shape (N * copies) leaves.
+
+    A prompt's copies merge first, at the copy height ``h``: the smallest positive merge height of
+    ``tree`` (copies are as alike as its two most alike distinct prompts), 1.0 when it has none. Every
+    merge of ``tree`` keeps its height, raised to ``h`` where lower (identical prompts, at 0, would
+    otherwise hold their copies together for ever). So the copies of every prompt split at one step,
+    the step the plan's falling threshold passes ``h``, which a budget places like every other split.
+    ``copies == 1`` returns ``tree`` itself.
+    """
+    if isinstance(copies, bool) or not isinstance(copies, Integral) or copies < 1:
+        raise ValueError(f"copies must be a whole number >= 1, got {copies!r}")
+    copies = int(copies)
+    if copies == 1:
+        return tree
+    n, v = tree.n_prompts, copies
+    heights = tree.linkage[:, 2]
+    positive = heights[heights > 0]
+    h = float(positive.min()) if positive.size else 1.0
+    leaves = n * v
+    rows: list[list[float]] = []
+    copy_root = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        node = i * v
+        for c in range(1, v):
+            rows.append([node, i * v + c, h, c + 1])
+            node = leaves + len(rows) - 1
+        copy_root[i] = node
+    first_original = leaves + len(rows)
+
+    def renamed(node: int) -> int:
+        return int(copy_root[node]) if node < n else first_original + node - n
+
+    for a, b, height, size in tree.linkage.tolist():
+        rows.append([renamed(int(a)), renamed(int(b)), max(height, h), size * v])
+    prompts = None if tree.prompts is None else tuple(p for p in tree.prompts for _ in range(v))
+    return PromptTree(np.asarray(rows), leaves, tree.method, tree.metric, prompts, tree.exact)
 
 
 def merges_to_list(Z: np.ndarray) -> list[list]:

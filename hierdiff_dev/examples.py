@@ -27,6 +27,21 @@ PROMPTS = "\n".join(
     for animal in ("tiger", "lion", "panther", "jaguar", "cheetah", "leopard")
 )
 NEGATIVE = "blurry, low quality, watermark"
+# The video example loads Wan 2.1 T2V 1.3B as ComfyUI's own Wan template does (the names are hints).
+WAN_MODEL = "wan2.1_t2v_1.3B_fp16.safetensors"
+WAN_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
+VIDEO_PROMPTS = "\n".join(
+    f"a {animal} walking through a snowy forest, slow tracking shot, cinematic"
+    for animal in ("wolf", "fox", "lynx", "deer", "bear", "snow leopard")
+)
+VIDEO_NEGATIVE = "blurry, low quality, watermark, static, still frame"
+# What the tiny-model versions substitute for the video loaders (testkit nodes with the same outputs).
+TINY_VIDEO_LOADERS = {
+    "UNETLoader": "HierTestTinyWanModelLoader",
+    "CLIPLoader": "HierTestTinyUMT5Loader",
+    "VAELoader": "HierTestTinyWanVAELoader",
+}
 
 
 @dataclass
@@ -81,7 +96,8 @@ def _output(source: str, source_output: str, prefix: str, x: int) -> tuple[list[
 
 
 def workflows() -> list[Workflow]:
-    """The examples: basic (Hierarchical KSampler), trunk and branch (with a LoRA), custom sampling."""
+    """The examples: basic (Hierarchical KSampler), trunk and branch (with a LoRA), custom sampling, and a
+    video variation set (Wan 2.1 T2V)."""
     sampling = {"seed": 42, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"}
     budget = {"budget": "target_saving", "budget_value": 0.5}
 
@@ -155,7 +171,42 @@ def workflows() -> list[Workflow]:
             *out_links,
         ],
     )
-    return [basic, trunk_branch, custom]
+    return [basic, trunk_branch, custom, _video(budget)]
+
+
+def _video(budget: dict) -> Workflow:
+    """A video variation set on Wan 2.1 T2V: the diffusion model, umt5 and VAE load from their own files;
+    one video per prompt, saved as one animated WEBP that plays them one after another."""
+    video_sampling = {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"}
+    return Workflow(
+        "hierdiff_video_variations",
+        [
+            Node("model", "UNETLoader", (40, 40), {"unet_name": WAN_MODEL}),
+            Node("text_encoder", "CLIPLoader", (40, 240), {"clip_name": WAN_TEXT_ENCODER, "type": "wan"}),
+            Node("vae", "VAELoader", (40, 440), {"vae_name": WAN_VAE}),
+            Node("cluster", "HierPromptSetCluster", (400, 40), {"prompts": VIDEO_PROMPTS}),
+            Node("negative", "CLIPTextEncode", (400, 620), {"text": VIDEO_NEGATIVE}, title="Negative"),
+            Node(
+                "latent", "EmptyHunyuanLatentVideo", (400, 860), {"width": 832, "height": 480, "length": 33}
+            ),
+            Node("sampler", "HierKSampler", (860, 40), {**video_sampling, **budget}),
+            Node("decode", "VAEDecode", (1340, 40)),
+            Node("save", "SaveAnimatedWEBP", (1340, 160), {"filename_prefix": "hierdiff/video", "fps": 16.0}),
+            Node("preview", "HierPlanPreview", (1340, 600), {"filename_prefix": "hierdiff/video_plan"}),
+        ],
+        [
+            ("text_encoder", "CLIP", "cluster", "clip"),
+            ("text_encoder", "CLIP", "negative", "clip"),
+            ("model", "MODEL", "sampler", "model"),
+            ("cluster", "prompt_tree", "sampler", "prompt_tree"),
+            ("negative", "CONDITIONING", "sampler", "negative"),
+            ("latent", "LATENT", "sampler", "latent_image"),
+            ("sampler", "LATENT", "decode", "samples"),
+            ("vae", "VAE", "decode", "vae"),
+            ("decode", "IMAGE", "save", "images"),
+            ("sampler", "plan", "preview", "plan_json"),
+        ],
+    )
 
 
 def on_tiny_model(
@@ -167,20 +218,24 @@ def on_tiny_model(
     checkpoint: str = "",
     cfg: float | None = None,
 ) -> Workflow:
-    """The workflow on the testkit's tiny model (CPU seconds): a size x size image, `steps` steps (the
-    trunk sampler stops at half of them), and optionally other prompts for the cluster, another
-    checkpoint of the tiny family (e.g. the trained shapes model) and another cfg for HierKSampler."""
+    """The workflow on the testkit's tiny model (CPU seconds): a size x size image (for the video example a
+    5-frame video on the tiny Wan 2.1 files), `steps` steps (the trunk sampler stops at half of them), and
+    optionally other prompts for the cluster, another checkpoint of the tiny family (e.g. the trained shapes
+    model) and another cfg for HierKSampler."""
     changes = {
         "EmptyLatentImage": {"width": size, "height": size},
         "HierKSampler": {"steps": steps} if cfg is None else {"steps": steps, "cfg": cfg},
         "HierSharedTrunkSampler": {"steps": steps, "end_at_step": max(1, steps // 2)},
         "BasicScheduler": {"steps": steps},
         "HierPromptSetCluster": {} if prompts is None else {"prompts": prompts},
+        "EmptyHunyuanLatentVideo": {"width": size, "height": size, "length": 5},
     }
     nodes = []
     for node in workflow.nodes:
         if node.type == "CheckpointLoaderSimple":
             node = Node(node.key, TINY_LOADER, node.pos, {"checkpoint": checkpoint} if checkpoint else {})
+        elif node.type in TINY_VIDEO_LOADERS:  # the tiny Wan 2.1 T2V files
+            node = Node(node.key, TINY_VIDEO_LOADERS[node.type], node.pos)
         else:
             node = dataclasses.replace(node, widgets={**node.widgets, **changes.get(node.type, {})})
         nodes.append(node)

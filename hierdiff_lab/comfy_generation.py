@@ -99,11 +99,13 @@ def hierarchical(
     budget: str,
     budget_value: float,
     tree_from: str = "prompt_tree",
+    images_per_prompt: int = 1,
 ) -> Generation:
     """hierdiff's Prompt Set Cluster then Hierarchical KSampler (every prompt starts from the noise
     stock KSampler draws for the seed and a batch of one). ``budget``: "target_saving", "tau" (0 is
     ordinary sampling, equal to stock KSampler per prompt) or "evaluations_per_image"; ``tree_from``:
-    the sampler's tree source ("prompt_tree" or "first_step")."""
+    the sampler's tree source ("prompt_tree" or "first_step"); ``images_per_prompt`` copies of each
+    prompt, prompt after prompt."""
     cluster, sampler = node_classes["HierPromptSetCluster"], node_classes["HierKSampler"]
     prompt_tree = cluster.execute(
         clip=[clip], prompts=["\n".join(prompts)], linkage=["ward"], embedding=["clip_pooled"]
@@ -125,6 +127,7 @@ def hierarchical(
         noise_mode="shared",
         conditioning_mix="mean",
         tree_from=tree_from,
+        images_per_prompt=images_per_prompt,
     )
     latent, plan_json = output.result
     plan = json.loads(plan_json)

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 
+import comfy.model_base
 import comfy.sample
 import torch
 
@@ -71,7 +72,8 @@ def pooled_width(model) -> int | None:
 
 def _adm_width(base, pooled: int) -> int | None:
     # The keyword arguments ComfyUI's encode_model_conds gives every model class, on the CPU.
-    noise = torch.zeros(1, base.latent_format.latent_channels, 8, 8)
+    latent_format = base.latent_format  # (1, C, 8, 8) for an image model, (1, C, 8, 8, 8) for a video one
+    noise = torch.zeros(1, latent_format.latent_channels, *[8] * latent_format.latent_dimensions)
     y = base.encode_adm(
         pooled_output=torch.zeros(1, pooled), device=torch.device("cpu"), noise=noise, width=64, height=64,
         prompt_type="positive", seed=0,
@@ -125,26 +127,63 @@ def check_model_inputs(
     model, prompt_set: PromptTreeSet, negative: list, cfg: float, source: Source = PROMPT_TREE_INPUT
 ) -> None:
     """The checks every sampler node makes on its MODEL's conditioning and guidance."""
+    check_model_family(model)
     check_prompt_tree(model, prompt_set, source)
     check_conditioning(model, negative, NEGATIVE_INPUT)
     check_cfg(cfg)
 
 
 def check_latent_image(model, latent: dict) -> torch.Tensor:
-    """The latent_image of a planning node (batch 1), fitted to the MODEL as stock KSampler fits it."""
+    """The latent_image of a planning node (batch 1: (1, C, H, W), or (1, C, T, H, W) for a video model),
+    fitted to the MODEL as stock KSampler fits it."""
     samples = latent["samples"]
     if samples.shape[0] != 1:
         raise ValueError(
             f"latent_image has batch size {samples.shape[0]}; give one latent (batch 1): "
             "it sets the size, and the prompt set sets the batch"
         )
-    # An empty latent of another channel count is made to fit, as stock KSampler does.
+    # An empty latent of another channel count is made to fit, as stock KSampler does (and an image
+    # latent given to a video model gets its frame axis).
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    check_latent_dimensions(model, samples, "latent_image")
     check_latent_channels(
         model, samples, "latent_image",
         "connect a latent made for this model (its empty latent, or VAE Encode with this checkpoint's VAE)",
     )  # fmt: skip
     return samples
+
+
+def check_latent_dimensions(model, samples: torch.Tensor, name: str) -> None:
+    """Refuse a latent whose layout is not the MODEL's: (B, C, H, W) for image models, (B, C, T, H, W)
+    for video models (Wan, ...), as its latent format says."""
+    spatial = model.get_model_object("latent_format").latent_dimensions
+    if samples.ndim != 2 + spatial:
+        kinds = {2: "an image latent (batch, channels, height, width)",
+                 3: "a video latent (batch, channels, frames, height, width)"}  # fmt: skip
+        wanted = kinds.get(spatial, f"a latent of {2 + spatial} dimensions")
+        raise ValueError(
+            f"{name} has {samples.ndim} dimensions but this MODEL ({type(model.model).__name__}) takes "
+            f"{wanted}: connect the empty latent node made for this model"
+        )
+
+
+# Model configs of ComfyUI's Wan family that hierarchical sampling supports: text-to-video, whose only
+# per-prompt input is the text. The others condition every prompt on an image, a control video, camera
+# poses, audio or reference frames that Prompt Set Cluster does not carry, so they would sample a
+# different video than stock sampling gives (ComfyUI fills what is missing with zeros).
+WAN_TEXT_TO_VIDEO = ("WAN21_T2V", "WAN22_T2V")
+
+
+def check_model_family(model) -> None:
+    """Refuse model types whose conditioning hierarchical sampling cannot carry, naming the type."""
+    base = model.model
+    config = type(base.model_config).__name__
+    if isinstance(base, comfy.model_base.WAN21) and config not in WAN_TEXT_TO_VIDEO:
+        raise ValueError(
+            f"model: {config} ({type(base).__name__}) models take a per-prompt image, video, camera or audio "
+            "input besides the text, which hierarchical sampling does not carry: use a text-to-video model "
+            f"({' or '.join(WAN_TEXT_TO_VIDEO)}, e.g. Wan 2.1 T2V, Wan 2.2 T2V 14B or TI2V 5B)"
+        )
 
 
 def check_latent_channels(model, samples: torch.Tensor, name: str, remedy: str) -> None:

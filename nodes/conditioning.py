@@ -7,12 +7,20 @@ latent row natively). During sampling, :func:`group_model_conds` turns ComfyUI's
 conditioning (``model_conds``: cross-attention tokens, SDXL's ``y``, unCLIP's adm, ...) into one
 row per active group, with the engine's :class:`~hierdiff_core.engine.GroupConditioner`.
 
-Prompts may encode to different token counts (CLIP encodes 77 tokens per chunk of a long prompt). The
-set stores each row at its own length (shorter rows zero-filled up to the longest, lengths in
-``TOKEN_LENGTHS_KEY``), and padding happens only where mixing needs it: a group's members are
-averaged token by token, so they are repeated to the least common multiple of their lengths (which a
-UNet's cross-attention does not notice) when the group is mixed; a prompt alone is never padded.
-One model call takes groups of one token length: :func:`token_length_parts` splits a batch.
+Prompts may encode to different token counts (CLIP encodes 77 tokens per chunk of a long prompt; LLM
+and T5 encoders without padding give every prompt its own count). The set stores each row at its own
+length (shorter rows zero-filled up to the longest, lengths in ``TOKEN_LENGTHS_KEY``), and how a
+model call takes rows of different lengths depends on the model (:func:`text_padding`):
+
+- UNets ("repeat"): a group's members are repeated to the least common multiple of their lengths
+  (which cross-attention does not notice) and averaged token by token; a prompt alone is never
+  padded; one model call takes groups of one token length (:func:`token_length_parts` splits a batch);
+- joint-attention models that take a text attention mask ("mask", Chroma): a group's conditioning is
+  the mean, at each token position, of the members that have that position (as long as its longest
+  member); the groups of one call are zero-padded to the call's longest and a text attention mask
+  (``attention_mask``, additive) hides the padding from every attention layer, so one call takes
+  them all;
+- other joint-attention models are refused by :func:`check_token_lengths`, naming the family.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import weakref
 from dataclasses import dataclass
 
 import comfy.conds
+import comfy.model_base
 import numpy as np
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from hierdiff_core.engine import GroupConditioner
 from hierdiff_core.tree import PromptTree
+from hierdiff_core.tree import with_copies as copy_tree
 
 TOKEN_LENGTHS_KEY = "hier_token_lengths"
 """Conditioning extra set by :func:`stack_conditionings`: each prompt's own token count (its row's
@@ -142,19 +152,72 @@ def stack_conditionings(per_prompt: list[list]) -> list:
     return [[stacked, extras]]
 
 
-def check_token_lengths(prompt_set: PromptTreeSet, model) -> None:
-    """Refuse prompts padded to a common token length on a MODEL for which padding is not neutral.
+# ComfyUI model classes (comfy.model_base) whose diffusion model hides text tokens named by an additive
+# ``attention_mask`` in every attention layer, and whose text tokens carry no position (Chroma's text ids
+# are all zero), so zero tokens hidden by the mask leave a prompt's result as it is alone.
+MASKED_TEXT_MODELS = ("Chroma",)
 
-    Repeating a token sequence leaves a UNet's cross-attention unchanged, but transformers that attend
-    jointly over text and image tokens (SD3's MMDiT, Flux, ...) weigh repeated text tokens more, so a
-    padded prompt would no longer give what it gives alone. Raises ValueError naming the model type.
+TEXT_MASK_MODEL_COND = "attention_mask"
+"""The model input (a keyword of the diffusion model's forward) that carries the text attention mask."""
+
+# Why a family's model cannot take prompts of different token lengths in one call (ComfyUI 0.3.75), by
+# comfy.model_base class; see docs/sampling.md, "Model families".
+_UNMASKABLE = {
+    "Lumina2": "its NextDiT masks padded text only in the text refiner, not in the joint layers, and the "
+    "image tokens' positions follow the text length",
+    "QwenImage": "the model does not use a text attention mask",
+    "Flux2": "ComfyUI pads its text to 512 tokens at the front, unmasked, and text tokens have positions",
+    "HiDream": "the model takes no text attention mask",
+}
+
+
+@dataclass(frozen=True)
+class TextPadding:
+    """How one model call takes groups whose conditionings differ in token length.
+
+    mode: "repeat" (UNet cross-attention: tokens repeated to a common length), "mask" (joint attention
+    with a text attention mask: zero tokens hidden by the mask) or "refuse"; image_tokens: for "mask",
+    how many image tokens follow the text in the model's joint sequence (the mask covers both).
+    """
+
+    mode: str
+    image_tokens: int = 0
+
+
+def text_padding(model, latent_shape: tuple[int, ...] | None = None) -> TextPadding:
+    """The :class:`TextPadding` of ``model`` (a ModelPatcher or a ``comfy.model_base`` model) for a latent
+    of ``latent_shape`` ((B, C, H, W); needed for "mask", whose mask spans the image tokens too)."""
+    base = getattr(model, "model", model)
+    if isinstance(base.diffusion_model, UNetModel):
+        return TextPadding("repeat")
+    if type(base).__name__ in MASKED_TEXT_MODELS and isinstance(base, comfy.model_base.Flux):
+        if latent_shape is None:
+            return TextPadding("mask")
+        patch = int(base.diffusion_model.patch_size)
+        height, width = latent_shape[-2:]
+        return TextPadding("mask", math.ceil(height / patch) * math.ceil(width / patch))
+    return TextPadding("refuse")
+
+
+def check_token_lengths(prompt_set: PromptTreeSet, model) -> None:
+    """Refuse prompts of different token lengths on a MODEL that cannot take them in one call unchanged.
+
+    Repeating a token sequence leaves a UNet's cross-attention unchanged, and a text attention mask hides
+    zero padding from a joint-attention model that takes one (Chroma). Transformers that attend jointly
+    over text and image tokens without such a mask (SD3's MMDiT, Flux, Lumina 2 / Z-Image, Qwen-Image,
+    Flux.2, HiDream, ...) weigh padding or repeated tokens, so a padded prompt would no longer give what
+    it gives alone. Raises ValueError naming the model type and why.
     """
     lengths = prompt_entry(prompt_set.conditioning)[1].get(TOKEN_LENGTHS_KEY, ())
-    if len(set(lengths)) > 1 and not isinstance(model.model.diffusion_model, UNetModel):
+    if len(set(lengths)) > 1 and text_padding(model).mode == "refuse":
+        base = type(model.model).__name__
+        config = type(model.model.model_config).__name__
+        name = base if config == base else f"{config} ({base})"
+        reason = _UNMASKABLE.get(base, "it attends jointly over text and image tokens without a text mask")
         raise ValueError(
             f"prompt_tree input: its prompts encode to different token counts ({min(lengths)} to "
-            f"{max(lengths)}), and {type(model.model).__name__} models cannot pad them to one length without "
-            "changing the images: shorten the long prompts so that all encode to the same length"
+            f"{max(lengths)}), and {name} models cannot pad them to one length without changing the images "
+            f"({reason}): shorten the long prompts so that all encode to the same length"
         )
 
 
@@ -328,3 +391,27 @@ def _mix_lengths(
         if float(distances[i]) < best_distance:
             best, best_distance = block[i], float(distances[i])
     return _repeat_tokens(best[None], length)[0]
+
+
+def with_copies(prompt_set: PromptTreeSet, copies: int) -> PromptTreeSet:
+    """The prompt set with ``copies`` copies of each prompt (variations), row ``i * copies + v`` being copy
+    v of prompt i: the tree from :func:`hierdiff_core.tree.with_copies` and every per-prompt row of the
+    conditioning (tensors with N rows, the token lengths) repeated; ``copies == 1`` returns it unchanged."""
+    tree = copy_tree(prompt_set.tree, copies)
+    if copies == 1:
+        return prompt_set
+    n = prompt_set.tree.n_prompts
+
+    def repeated(value):
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n:
+            return value.repeat_interleave(copies, dim=0)
+        return value
+
+    conditioning = []
+    for tensor, extras in prompt_set.conditioning:
+        extras = {key: repeated(value) for key, value in extras.items()}
+        if extras.get(TOKEN_LENGTHS_KEY) is not None:
+            extras[TOKEN_LENGTHS_KEY] = tuple(t for t in extras[TOKEN_LENGTHS_KEY] for _ in range(copies))
+        conditioning.append([repeated(tensor), extras])
+    prompts = tuple(p for p in prompt_set.prompts for _ in range(copies))
+    return dataclasses.replace(prompt_set, tree=tree, prompts=prompts, conditioning=conditioning)

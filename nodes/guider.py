@@ -25,13 +25,20 @@ import comfy.samplers
 import numpy as np
 import torch
 
-from hierdiff_core.engine import GroupConditioner, GroupedEvaluator, GroupNoise, root_noise, step_for_sigma
-from hierdiff_core.schedule import Plan
+from hierdiff_core.engine import (
+    GroupConditioner,
+    GroupedEvaluator,
+    GroupNoise,
+    fresh_noise,
+    root_noise,
+    step_for_sigma,
+)
+from hierdiff_core.schedule import Plan, copies_split_step
 from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.tree import build_tree
 
 from .checks import check_composable, check_sigmas
-from .conditioning import PromptTreeSet, group_model_conds, token_length_parts
+from .conditioning import PromptTreeSet, group_model_conds, token_length_parts, with_copies
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
 
@@ -86,7 +93,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     ``plan_fn(prompt_set, steps, probe_evaluations)`` (the step count comes with the sigmas, and with
     ``tree_from="first_step"`` the tree comes from :func:`first_step_tree` on the noise being sampled).
     ``sigmas`` is the whole schedule a trunk/branch run is part of; None means the sigmas given to
-    :meth:`sample`.
+    :meth:`sample`. ``copies`` > 1 samples that many images per prompt (see :meth:`_copies_apart`).
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         noise_mode: str = "shared",
         mix: str = "mean",
         tree_from: str = "prompt_tree",
+        copies: int = 1,
     ):
         super().__init__(model_patcher)
         if plan is None and plan_fn is None:
@@ -115,6 +123,12 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if isinstance(copies, bool) or int(copies) != copies or copies < 1:
+            raise ValueError(f"images_per_prompt must be a whole number >= 1, got {copies!r}")
+        self.copies = int(copies)
+        # Planned at sampling time, the set gets its copies then, from the set as given (a guider may
+        # sample more than once); a given plan comes with its set, copies included.
+        self.source_set = prompt_set
         self.prompt_set = prompt_set
         self.plan = plan
         self.plan_fn = plan_fn
@@ -157,12 +171,78 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         original_options = self.model_options
         self.model_options = self._grouped_model_options(full_sigmas, seed)
         try:
-            return super().sample(
-                noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
-            )
+            split = self._copies_split(full_sigmas, sigmas)
+            if split is None:
+                return super().sample(
+                    noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
+                )
+            if split == 0:  # apart from the first step: every copy but the first starts from fresh noise
+                if torch.count_nonzero(noise) > 0:
+                    noise = self._copies_apart(noise.clone(), lambda fresh, _index: fresh, seed)
+                return super().sample(
+                    noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed
+                )
+            last: dict[str, torch.Tensor] = {}
+
+            def keep_denoised(step, x0, x, total):
+                last["x0"] = x0
+                if callback is not None:
+                    callback(step, x0, x, total)
+
+            head = super().sample(
+                noise, latent_image, sampler, sigmas[: split + 1], denoise_mask, keep_denoised, disable_pbar,
+                seed,
+            )  # fmt: skip
+            head = self._renoised(head, last["x0"], sigmas[split], seed)
+            if split == len(sigmas) - 1:
+                return head  # a trunk ending where the copies part: its branch goes on from here
+
+            def later(step, x0, x, total):
+                if callback is not None:
+                    callback(step + split, x0, x, len(sigmas) - 1)
+
+            noise = torch.zeros_like(noise)  # the head's latents carry their noise
+            tail = sigmas[split:]
+            return super().sample(noise, head, sampler, tail, denoise_mask, later, disable_pbar, seed)
         finally:
             self.model_options = original_options
             self._context = None
+
+    def _copies_split(self, full_sigmas: torch.Tensor, sigmas: torch.Tensor) -> int | None:
+        """Where, in this run's ``sigmas``, the copies of each prompt part (an index into them), or None
+        when they part outside it (a trunk before it already parted them) or there is one copy."""
+        split = copies_split_step(self.plan, self.copies)
+        if split is None:
+            return None
+        start = step_for_sigma(full_sigmas, float(sigmas[0]))
+        if split == 0 and start == 0:
+            return 0
+        return split - start if start < split <= start + len(sigmas) - 1 else None
+
+    def _copies_apart(self, rows: torch.Tensor, new_rows, seed: int) -> torch.Tensor:
+        """``rows`` (N x copies, ...) with each copy but the first of every prompt replaced by
+        ``new_rows(fresh, index)``: ``fresh`` the copies' own noise (engine.fresh_noise) and ``index``
+        their row numbers."""
+        index = np.flatnonzero(np.arange(self.n_prompts) % self.copies != 0)
+        fresh = fresh_noise(self.plan.tree, seed, index, rows[:1])
+        index = torch.as_tensor(index, device=rows.device)
+        rows[index] = new_rows(fresh, index).to(rows)
+        return rows
+
+    def _renoised(self, head: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, seed: int):
+        """The latents where the copies part: each copy but the first restarts from the shared prediction
+        of the clean latent at the last step (``denoised``), noised to ``sigma`` with its own fresh noise,
+        so copies are as far apart as independent samples at that noise level and alike below it.
+        ``head`` and the result are what ComfyUI's sampling returns (its noise scaling undone)."""
+        model_sampling = self.model_patcher.get_model_object("model_sampling")
+        sigma = sigma.reshape(1).to(head.device)
+        denoised = denoised.to(head)
+
+        def restarted(fresh: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            noisy = model_sampling.noise_scaling(sigma, fresh.to(head), denoised.index_select(0, index))
+            return model_sampling.inverse_noise_scaling(sigma, noisy)
+
+        return self._copies_apart(head.clone(), restarted, seed)
 
     def _plan_run(
         self, noise, latent_image, full_sigmas: torch.Tensor, denoise_mask, seed: int
@@ -172,12 +252,16 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         if self.plan_fn is None:
             return None
         probe = None
-        if self.tree_from == "first_step" and self.n_prompts > 1:
-            self.prompt_set, probe = first_step_tree(
-                self.model_patcher, self.prompt_set, self.negative, self.cfg, noise, latent_image,
+        prompt_set = self.source_set
+        if self.tree_from == "first_step" and prompt_set.tree.n_prompts > 1:
+            prompt_set, probe = first_step_tree(
+                self.model_patcher, prompt_set, self.negative, self.cfg, noise, latent_image,
                 full_sigmas, self.max_batch, denoise_mask, seed,
             )  # fmt: skip
-        probe_rows = self.n_prompts if probe is not None else 0
+        probe_rows = prompt_set.tree.n_prompts if probe is not None else 0
+        self.prompt_set = with_copies(prompt_set, self.copies)
+        if self.copies > 1:
+            self.set_conds(self.prompt_set.conditioning, self.negative)
         self.plan = self.plan_fn(self.prompt_set, len(full_sigmas) - 1, probe_rows)
         return probe
 
@@ -285,7 +369,7 @@ def first_step_tree(
     """The prompt set re-clustered on the model's first-step predictions, and what that cost.
 
     Every prompt is evaluated once at ``sigmas[0]`` from the run's own starting noise (its first row),
-    with guidance as configured; the (N, C, H, W) predicted clean latents are clustered with Ward linkage
+    with guidance as configured; the (N, C, [T,] H, W) predicted clean latents are clustered with Ward linkage
     over Euclidean distances. Prompts whose predictions agree there are what the model itself draws
     alike early on, whatever their texts' embeddings say.
     """

@@ -7,6 +7,7 @@ Each node only gathers its inputs and hands over to :class:`.guider.Hierarchical
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -40,7 +41,8 @@ from .sockets import HIER_LATENT, MEASURED_KEY, PLAN_KEY, PROMPT_TREE
 class HierLatent(CacheSized):
     """The HIER_LATENT socket value: one latent row per prompt part-way through a planned run.
 
-    samples: (N, C, H, W) rows after ``step`` of the plan's steps, with their leftover noise;
+    samples: (N, C, H, W) rows (video: (N, C, T, H, W)) after ``step`` of the plan's steps, with their
+    leftover noise;
     sigmas: the whole run's (K + 1,) noise levels, so branches continue on the same schedule.
     """
 
@@ -52,6 +54,11 @@ class HierLatent(CacheSized):
     seed: int
     max_batch: int
     mix: str
+    copies: int = 1
+
+
+MAX_IMAGES_PER_PROMPT = 64
+"""Most variations per prompt: every one is a latent row held through the whole run."""
 
 
 def budget_inputs() -> list:
@@ -131,6 +138,7 @@ def planning_guider(
     mix: str,
     tree_from: str,
     sigmas: torch.Tensor | None = None,
+    copies: int = 1,
 ) -> HierarchicalGuider:
     """The guider every planning node hands over to: it plans for the budget (and, for a first-step
     tree, chooses the tree) when it sees the run's sigmas and noise. ``sigmas``: the whole run's, when
@@ -146,6 +154,7 @@ def planning_guider(
         noise_mode=noise_mode,
         mix=mix,
         tree_from=tree_from,
+        copies=copies,
     )
 
 
@@ -159,6 +168,19 @@ def tree_input() -> io.Combo.Input:
         "first_step: one model evaluation per prompt on the seed's noise first, then cluster on what "
         "the model predicts there: prompts that differ in what early steps decide (layout, place) "
         "split early. Costs one evaluation per image, counted in the budget.",
+    )
+
+
+def copies_input() -> io.Int.Input:
+    return io.Int.Input(
+        "images_per_prompt",
+        default=1,
+        min=1,
+        max=MAX_IMAGES_PER_PROMPT,
+        optional=True,
+        tooltip="Variations: this many images of each prompt, one after another in the batch. A prompt's "
+        "images share its steps until the budget parts them, like any split (at tau 0: from the start), "
+        "then each but the first goes on from fresh noise: the later they part, the more alike they are.",
     )
 
 
@@ -236,6 +258,7 @@ def sample_trunk(
     noise_mode: str,
     conditioning_mix: str,
     tree_from: str = "prompt_tree",
+    copies: int = 1,
 ) -> tuple[HierLatent, str, dict]:
     """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default)."""
     check_model_inputs(model, prompt_tree, negative, cfg)
@@ -245,14 +268,16 @@ def sample_trunk(
     end = end_step(end_at_step, len(sigmas) - 1, 0)
     guider = planning_guider(
         model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
-        tree_from, sigmas,
+        tree_from, sigmas, copies,
     )  # fmt: skip
     samples = run_steps(
         model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
     )
     plan_json, ui = report(guider)
     # The guider planned while sampling (and chose the tree, for a first-step tree): keep what it used.
-    hier = HierLatent(samples, guider.prompt_set, guider.plan, sigmas, end, seed, max_batch, conditioning_mix)
+    hier = HierLatent(
+        samples, guider.prompt_set, guider.plan, sigmas, end, seed, max_batch, conditioning_mix, guider.copies
+    )
     return hier, plan_json, ui
 
 
@@ -270,6 +295,7 @@ def trunk_inputs(*, end_at_step: bool) -> list:
         *stop,
         *engine_inputs(),
         tree_input(),
+        copies_input(),
     ]
 
 
@@ -289,11 +315,12 @@ class HierKSampler(io.ComfyNode):
     def execute(
         cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
         budget, budget_value, max_batch, noise_mode, conditioning_mix,
-        tree_from="prompt_tree",
+        tree_from="prompt_tree", images_per_prompt=1,
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
             model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
             budget, budget_value, MAX_STEPS, max_batch, noise_mode, conditioning_mix, tree_from,
+            images_per_prompt,
         )
         return io.NodeOutput({"samples": hier.samples}, plan_json, ui=ui)
 
@@ -317,11 +344,12 @@ class HierSharedTrunkSampler(io.ComfyNode):
     def execute(
         cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
         budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix,
-        tree_from="prompt_tree",
+        tree_from="prompt_tree", images_per_prompt=1,
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
             model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
             budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix, tree_from,
+            images_per_prompt,
         )
         return io.NodeOutput(hier, plan_json, ui=ui)
 
@@ -369,13 +397,12 @@ class HierBranchSampler(io.ComfyNode):
             max_batch=hier.max_batch,
             noise_mode="shared",
             mix=hier.mix,
+            copies=hier.copies,
         )
         samples = run_steps(
             model, guider, hier.samples, hier.sigmas, hier.step, end, sampler_name, hier.seed, False
         )
-        continued = HierLatent(
-            samples, hier.prompt_set, hier.plan, hier.sigmas, end, hier.seed, hier.max_batch, hier.mix
-        )
+        continued = dataclasses.replace(hier, samples=samples, step=end)
         plan_json, ui = report(guider)
         return io.NodeOutput({"samples": samples}, continued, plan_json, ui=ui)
 
@@ -397,6 +424,7 @@ class HierGuider(io.ComfyNode):
                 *budget_inputs(),
                 *engine_inputs(),
                 tree_input(),
+                copies_input(),
             ],
             outputs=[io.Guider.Output()],
         )
@@ -404,12 +432,12 @@ class HierGuider(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
-        tree_from="prompt_tree",
+        tree_from="prompt_tree", images_per_prompt=1,
     ) -> io.NodeOutput:  # fmt: skip
         check_model_inputs(model, prompt_tree, negative, cfg)
         guider = planning_guider(
             model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
-            tree_from,
+            tree_from, copies=images_per_prompt,
         )  # fmt: skip
         return io.NodeOutput(guider)
 

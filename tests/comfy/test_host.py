@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from hierdiff_dev import PACK_LINK_NAME, TESTKIT_LINK_NAME, TINY_LOADER
+from hierdiff_dev.examples import TINY_VIDEO_LOADERS
 from hierdiff_dev.workflows import basic_workflow
 
 PROMPTS = ["a red cat on a sofa", "a blue dog on a beach"]
@@ -34,7 +35,7 @@ def _pixels(png: bytes | os.PathLike) -> np.ndarray:
 
 def test_both_packs_load_in_process(comfy_host):
     assert comfy_host.loaded_modules.keys() == {PACK_LINK_NAME, TESTKIT_LINK_NAME}
-    assert comfy_host.node_ids_of(TESTKIT_LINK_NAME) == {TINY_LOADER}
+    assert comfy_host.node_ids_of(TESTKIT_LINK_NAME) == {TINY_LOADER, *TINY_VIDEO_LOADERS.values()}
     loader = comfy_host.node_classes[TINY_LOADER].GET_SCHEMA()
     assert loader.display_name == "Tiny Test Model Loader (hierdiff testkit, random weights)"
     assert loader.category == "testing/hierdiff"
