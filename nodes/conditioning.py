@@ -143,6 +143,14 @@ def stack_conditionings(per_prompt: list[list]) -> list:
         if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == 1:
             if any(v is None for v in values):
                 raise ValueError(f"conditioning extra {key!r} is missing for some prompts")
+            shapes = sorted({tuple(v.shape) for v in values})
+            if len(shapes) > 1:
+                # HiDream's Llama states (conditioning_llama3), padded to 128 tokens, longer beyond.
+                raise ValueError(
+                    f"conditioning extra {key!r} has different shapes for different prompts ({shapes[0]} to "
+                    f"{shapes[-1]}): the text encoder gave the prompts different token counts there, which "
+                    "hierarchical sampling cannot pad; shorten the long prompts so that all encode alike"
+                )
             extras[key] = torch.cat(values)
         elif all(_same(first, v) for v in values):
             extras[key] = first
@@ -168,6 +176,8 @@ _UNMASKABLE = {
     "QwenImage": "the model does not use a text attention mask",
     "Flux2": "ComfyUI pads its text to 512 tokens at the front, unmasked, and text tokens have positions",
     "HiDream": "the model takes no text attention mask",
+    "SD3": "its MMDiT attends jointly over text and image tokens and takes no text attention mask",
+    "Flux": "text attention masks are enabled for Chroma only",
 }
 
 
@@ -213,7 +223,7 @@ def check_token_lengths(prompt_set: PromptTreeSet, model) -> None:
         base = type(model.model).__name__
         config = type(model.model.model_config).__name__
         name = base if config == base else f"{config} ({base})"
-        reason = _UNMASKABLE.get(base, "it attends jointly over text and image tokens without a text mask")
+        reason = _UNMASKABLE.get(base, "its text tokens are neither repeated nor masked for this family")
         raise ValueError(
             f"prompt_tree input: its prompts encode to different token counts ({min(lengths)} to "
             f"{max(lengths)}), and {name} models cannot pad them to one length without changing the images "
@@ -249,18 +259,22 @@ def token_lengths(conditioning: list) -> np.ndarray | None:
     return np.asarray(lengths, dtype=np.int64)
 
 
-def group_token_length(lengths: np.ndarray, members: np.ndarray) -> int:
-    """The token length of a group's mixed conditioning: the least common multiple of its members'
-    lengths (one member: its own length, unpadded)."""
-    return math.lcm(*np.unique(lengths[members]).tolist())
+def group_token_length(lengths: np.ndarray, members: np.ndarray, mode: str = "repeat") -> int:
+    """The token length of a group's mixed conditioning (one member: its own length, unpadded): with
+    ``mode`` "repeat" the least common multiple of its members' lengths, with "mask" the longest."""
+    own = np.unique(lengths[members]).tolist()
+    return max(own) if mode == "mask" else math.lcm(*own)
 
 
-def token_length_parts(conditioning: list, tree: PromptTree, nodes: np.ndarray) -> list[np.ndarray]:
+def token_length_parts(
+    conditioning: list, tree: PromptTree, nodes: np.ndarray, padding: TextPadding | None = None
+) -> list[np.ndarray]:
     """Positions in ``nodes`` split into parts whose groups share one token length (see
     :func:`group_token_length`), in order of first appearance; one part holding every position when the
-    set's prompts all have one length. A model call takes one part: its tokens form one tensor."""
+    set's prompts all have one length, or when ``padding`` masks (a call pads its groups to one length).
+    A model call takes one part: its tokens form one tensor."""
     lengths = token_lengths(conditioning)
-    if lengths is None:
+    if lengths is None or (padding is not None and padding.mode == "mask"):
         return [np.arange(len(nodes))]
     parts: dict[int, list[int]] = {}
     for position, node in enumerate(nodes):
@@ -269,18 +283,26 @@ def token_length_parts(conditioning: list, tree: PromptTree, nodes: np.ndarray) 
 
 
 def group_model_conds(
-    conds: list[dict] | None, conditioner: GroupConditioner, step: int, nodes: np.ndarray, n_rows: int
+    conds: list[dict] | None,
+    conditioner: GroupConditioner,
+    step: int,
+    nodes: np.ndarray,
+    n_rows: int,
+    padding: TextPadding | None = None,
 ) -> list[dict] | None:
     """Processed ComfyUI conds (N rows each) -> the same conds with one row per group in ``nodes``.
 
     Per-row tensors (batch size N) are mixed per group; batch-1 tensors such as a shared negative
-    prompt stay as they are (ComfyUI repeats them to the batch), as do constants. The cross-attention
-    tokens of an entry whose prompts have different token counts are mixed over each member's own
-    tokens, repeated to the group's length (:func:`group_token_length`); the groups in ``nodes`` must
-    share that length (:func:`token_length_parts`).
+    prompt stay as they are (ComfyUI repeats them to the batch), as do constants. The tokens of an entry
+    whose prompts have different token counts are mixed over each member's own tokens, as ``padding``
+    (:func:`text_padding`; None: "repeat") says: "repeat" repeats them to the group's length
+    (:func:`group_token_length`), and the groups in ``nodes`` must share that length
+    (:func:`token_length_parts`); "mask" pads each group's mix with zeros to the longest group in
+    ``nodes`` and adds the text attention mask (``TEXT_MASK_MODEL_COND``) hiding that padding.
     """
     if conds is None:
         return None
+    padding = padding or TextPadding("repeat")
     grouped = []
     for entry in conds:
         lengths = entry.get(TOKEN_LENGTHS_KEY)
@@ -288,35 +310,59 @@ def group_model_conds(
             np.asarray(lengths, dtype=np.int64) if lengths is not None and len(lengths) == n_rows else None
         )
         entry = entry.copy()
-        entry["model_conds"] = {
-            key: _group_model_cond(value, conditioner, step, nodes, n_rows, lengths)
-            for key, value in entry["model_conds"].items()
-        }
+        model_conds = {}
+        for key, value in entry["model_conds"].items():
+            if not _holds_own_tokens(key, value, n_rows, lengths, padding):
+                model_conds[key] = _group_model_cond(value, conditioner, step, nodes, n_rows)
+                continue
+            rows, hidden = _group_tokens(value.cond, conditioner, step, nodes, lengths, padding.mode)
+            model_conds[key] = value._copy_with(rows)
+            if hidden is not None:
+                if TEXT_MASK_MODEL_COND in entry["model_conds"]:
+                    raise ValueError(
+                        "prompt_tree conditioning carries an attention mask of its own (regional prompting), "
+                        "which cannot be combined with prompts of different token lengths"
+                    )
+                mask = joint_attention_mask(hidden, padding.image_tokens, rows.dtype)
+                model_conds[TEXT_MASK_MODEL_COND] = comfy.conds.CONDRegular(mask)
+        entry["model_conds"] = model_conds
         grouped.append(entry)
     return grouped
 
 
-def _group_model_cond(
-    value,
-    conditioner: GroupConditioner,
-    step: int,
-    nodes: np.ndarray,
-    n_rows: int,
-    lengths: np.ndarray | None,
-):
+def _holds_own_tokens(key: str, value, n_rows: int, lengths: np.ndarray | None, padding: TextPadding) -> bool:
+    """Whether a model cond is the prompts' token tensor stored at their own lengths (the cross-attention
+    tokens of a UNet; a joint-attention model's ``c_crossattn``)."""
+    if lengths is None or not isinstance(value, comfy.conds.CONDRegular):
+        return False
+    tensor = value.cond
+    if not (
+        isinstance(tensor, torch.Tensor)
+        and tensor.ndim == 3
+        and tensor.shape[:2] == (n_rows, int(lengths.max()))
+        and np.any(lengths != tensor.shape[1])
+    ):
+        return False
+    if padding.mode == "mask":
+        return key == "c_crossattn"
+    return isinstance(value, comfy.conds.CONDCrossAttn)
+
+
+def joint_attention_mask(hidden: torch.Tensor, image_tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """hidden: (G, L) True at padded text tokens -> (G, 1, 1, L + image_tokens) additive mask over the
+    joint sequence (text first, then image), the largest negative float at the padding, 0 elsewhere;
+    it broadcasts over heads and queries."""
+    keys = torch.nn.functional.pad(hidden, (0, image_tokens), value=False)
+    mask = torch.zeros(keys.shape, dtype=torch.float32, device=hidden.device)
+    mask = mask.masked_fill(keys, -torch.finfo(torch.float32).max)
+    return mask[:, None, None, :].to(dtype if dtype.is_floating_point else torch.float32)
+
+
+def _group_model_cond(value, conditioner: GroupConditioner, step: int, nodes: np.ndarray, n_rows: int):
     if isinstance(value, comfy.conds.CONDList):
         return value._copy_with([_group_rows(t, conditioner, step, nodes, n_rows) for t in value.cond])
     if isinstance(value, comfy.conds.CONDRegular) and isinstance(value.cond, torch.Tensor):
-        tensor = value.cond
-        if (
-            isinstance(value, comfy.conds.CONDCrossAttn)
-            and lengths is not None
-            and tensor.ndim == 3
-            and tensor.shape[:2] == (n_rows, int(lengths.max()))
-            and np.any(lengths != tensor.shape[1])
-        ):
-            return value._copy_with(_group_tokens(tensor, conditioner, step, nodes, lengths))
-        return value._copy_with(_group_rows(tensor, conditioner, step, nodes, n_rows))
+        return value._copy_with(_group_rows(value.cond, conditioner, step, nodes, n_rows))
     return value
 
 
@@ -329,40 +375,79 @@ def _group_rows(
 
 
 # Mixed rows of groups whose members differ in length, per sampling run (its GroupConditioner), kept
-# while the group is active like the conditioner's own cache: (id(tokens), node) -> (length, C).
+# while the group is active like the conditioner's own cache: (id(tokens), node, mode) -> (length, C).
 _MIXED_LENGTH_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _group_tokens(
-    tokens: torch.Tensor, conditioner: GroupConditioner, step: int, nodes: np.ndarray, lengths: np.ndarray
-) -> torch.Tensor:
-    """tokens: (N, T, C), row i's own tokens first -> (len(nodes), L, C) mixed per group, L the groups'
-    shared length (:func:`group_token_length`)."""
+    tokens: torch.Tensor,
+    conditioner: GroupConditioner,
+    step: int,
+    nodes: np.ndarray,
+    lengths: np.ndarray,
+    mode: str = "repeat",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """tokens: (N, T, C), row i's own tokens first -> (rows (len(nodes), L, C) mixed per group, hidden).
+
+    "repeat": L is the groups' shared length (:func:`group_token_length`), hidden is None. "mask": each
+    group's mix has its own length (its longest member's; the medoid's own), zero-padded to L, the longest
+    in ``nodes``; hidden (len(nodes), L) is True at the padding, or None when there is none.
+    """
     tree = conditioner.plan.tree
     members = [tree.members(int(node)) for node in nodes]
-    group_lengths = {group_token_length(lengths, m) for m in members}
-    if len(group_lengths) != 1:
-        raise ValueError(f"groups of token lengths {sorted(group_lengths)} cannot share one model call")
-    length = group_lengths.pop()
+    group_lengths = [group_token_length(lengths, m, mode) for m in members]
+    if mode != "mask" and len(set(group_lengths)) != 1:
+        raise ValueError(f"groups of token lengths {sorted(set(group_lengths))} cannot share one model call")
     # Groups of one length are what the conditioner mixes (and caches) on the stored rows: their first
-    # `length` tokens are exactly the mix of the members' own tokens.
+    # `length` tokens are exactly the mix of the members' own tokens (and zeros after them).
     alike = [i for i, m in enumerate(members) if len(np.unique(lengths[m])) == 1]
     rows: list[torch.Tensor | None] = [None] * len(nodes)
     if alike:
-        mixed = conditioner.rows_for(step, nodes[alike], tokens)[:, :length]
+        mixed = conditioner.rows_for(step, nodes[alike], tokens)
         for i, row in zip(alike, mixed, strict=True):
-            rows[i] = row
+            rows[i] = row[: group_lengths[i]]
     cache = _MIXED_LENGTH_ROWS.setdefault(conditioner, {})
     active = set(conditioner.plan.groups(step).nodes.tolist())
     for key in [key for key in cache if key[1] not in active]:
         del cache[key]
     for i, node in enumerate(nodes):
         if rows[i] is None:
-            key = (id(tokens), int(node))
+            key = (id(tokens), int(node), mode)
             if key not in cache:
-                cache[key] = _mix_lengths(tokens, members[i], lengths, length, conditioner.mix)
+                if mode == "mask":
+                    cache[key] = _mix_positions(tokens, members[i], lengths, conditioner.mix)
+                else:
+                    cache[key] = _mix_lengths(tokens, members[i], lengths, group_lengths[i], conditioner.mix)
             rows[i] = cache[key]
-    return torch.stack(rows)
+    if mode != "mask":
+        return torch.stack(rows), None
+    own = [int(row.shape[0]) for row in rows]
+    length = max(own)
+    if min(own) == length:
+        return torch.stack(rows), None
+    padded = torch.stack([torch.nn.functional.pad(row, (0, 0, 0, length - row.shape[0])) for row in rows])
+    positions = torch.arange(length, device=tokens.device)
+    hidden = positions[None, :] >= torch.as_tensor(own, device=tokens.device)[:, None]
+    return padded, hidden
+
+
+def _mix_positions(tokens: torch.Tensor, members: np.ndarray, lengths: np.ndarray, mix: str) -> torch.Tensor:
+    """A group's conditioning for a model that masks text: (L, C) with L its longest member's length,
+    position p the mean of the members whose own tokens reach p (what every member padded with hidden
+    tokens would give, the hidden tokens left out of the mean); or with ``mix="medoid"`` the member (its
+    own tokens, of its own length) nearest that mean, a position it lacks counted as a zero token."""
+    length = int(lengths[members].max())
+    index = torch.as_tensor(members, device=tokens.device)
+    rows = tokens.index_select(0, index)[:, :length]
+    own = torch.as_tensor(lengths[members], device=tokens.device)
+    present = torch.arange(length, device=tokens.device)[None, :] < own[:, None]  # (m, L)
+    weights = present.to(rows.dtype)[..., None]
+    mean = (rows * weights).sum(0) / weights.sum(0)
+    if mix == "mean":
+        return mean
+    distances = ((rows * weights - mean[None]).float().square()).flatten(1).sum(1)
+    best = int(torch.argmin(distances))
+    return rows[best, : int(own[best])]
 
 
 def _mix_lengths(

@@ -38,7 +38,7 @@ from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.tree import build_tree
 
 from .checks import check_composable, check_sigmas
-from .conditioning import PromptTreeSet, group_model_conds, token_length_parts, with_copies
+from .conditioning import PromptTreeSet, group_model_conds, text_padding, token_length_parts, with_copies
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
 
@@ -325,7 +325,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
     ) -> list[torch.Tensor]:
         conditioner = self._context[3]
-        parts = token_length_parts(self.prompt_set.conditioning, conditioner.plan.tree, nodes)
+        padding = text_padding(self._context[1])
+        parts = token_length_parts(self.prompt_set.conditioning, conditioner.plan.tree, nodes, padding)
         if len(parts) == 1:
             return self._evaluate_groups(step, x, sigma, nodes)
         # Groups of different token lengths cannot share one tokens tensor: one call per length.
@@ -337,7 +338,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         self, step: int, x: torch.Tensor, sigma: torch.Tensor, nodes: np.ndarray
     ) -> list[torch.Tensor]:
         conds, model, model_options, conditioner, executor = self._context
-        grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts) for c in conds]
+        padding = text_padding(model, tuple(x.shape))  # a text mask spans the call's image tokens too
+        grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts, padding) for c in conds]
         return executor(model, grouped, x, sigma, model_options)
 
     def _per_row_model_conds(self, seed: int) -> dict[str, comfy.conds.CONDRegular]:
