@@ -501,3 +501,28 @@ def grouped(
             # Model offloading re-hooks every component at the end of a call, the wrapper included;
             # hook the real module again.
             pipe.enable_model_cpu_offload(device=getattr(pipe, "_offload_device", None))
+
+
+@contextmanager
+def timesteps_from(scheduler: Any, first: int) -> Iterator[None]:
+    """While open, the scheduler's ``set_timesteps`` keeps only the timesteps from step ``first`` on, so a
+    pipeline called with the run's step count continues a run from step ``first`` (resuming, or a subtree
+    after the cut of a distributed run). ValueError for a scheduler given custom timesteps."""
+    if first == 0:
+        yield
+        return
+    if getattr(scheduler, "custom_timesteps", False):
+        raise ValueError(
+            f"continuing a run from step {first} needs the scheduler's own timesteps, not custom ones"
+        )
+    full = type(scheduler).set_timesteps
+
+    def set_timesteps(*args: Any, **kwargs: Any) -> None:
+        full(scheduler, *args, **kwargs)
+        scheduler.timesteps = scheduler.timesteps[first:]
+
+    scheduler.set_timesteps = set_timesteps
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps

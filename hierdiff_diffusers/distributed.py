@@ -254,7 +254,7 @@ class PipelineWorker:
         ``members`` its (M,) prompt indices in the whole set, ``conditioning`` their (M, ...) rows,
         ``trunk`` its latent row and generator state at the cut (None when the cut is step 0). Returns
         {"indices": [M], "pngs": [M bytes], "evaluations", "rows", "node"}."""
-        from .denoiser import grouped
+        from .denoiser import grouped, timesteps_from
 
         pipe = self._pipe()
         rows_before = self.rows
@@ -267,7 +267,7 @@ class PipelineWorker:
             root = plan.tree.root
             states = None if state is None else {root: torch.from_numpy(state)}
         block = grouped(pipe, plan, seed=seed, max_batch=max_batch, generator_states=states, first_step=cut)
-        with block as run, _continue_from(pipe.scheduler, cut), torch.no_grad():
+        with block as run, timesteps_from(pipe.scheduler, cut), torch.no_grad():
             images = pipe(**kwargs, num_inference_steps=plan.steps, generator=run.generator,
                           output_type="pil").images  # fmt: skip
         pngs = []
@@ -309,27 +309,6 @@ def check_resumable(pipe: Any) -> None:
             f"which {name} cannot do exactly (it keeps earlier steps' outputs or scales its start); "
             f"use {' or '.join(RESUMABLE_SCHEDULERS)}, or a budget whose plan has enough groups at step 0"
         )
-
-
-@contextmanager
-def _continue_from(scheduler: Any, first: int):
-    """While open, the scheduler's ``set_timesteps`` keeps only the timesteps from step ``first`` on."""
-    if first == 0:
-        yield
-        return
-    if getattr(scheduler, "custom_timesteps", False):
-        raise DistributedError("continuing from a cut needs the scheduler's own timesteps, not custom ones")
-    full = type(scheduler).set_timesteps
-
-    def set_timesteps(*args: Any, **kwargs: Any) -> None:
-        full(scheduler, *args, **kwargs)
-        scheduler.timesteps = scheduler.timesteps[first:]
-
-    scheduler.set_timesteps = set_timesteps
-    try:
-        yield
-    finally:
-        del scheduler.set_timesteps
 
 
 # ----- the driver -----

@@ -24,8 +24,7 @@ is exactly the plain ``KandinskyV22Pipeline`` called with ``latents`` = the shar
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel,
 from hierdiff_core.engine import GroupedEvaluator
 from hierdiff_core.schedule import Plan
 
-from .denoiser import grouped
+from .denoiser import grouped, timesteps_from
 from .prior import PriorFolderError, TextToImagePrior
 
 PUBLISHED = {"steps": 40, "guidance_scale": 10.0, "prior_guidance_scale": 4.0, "height": 512, "width": 512}
@@ -215,7 +214,7 @@ def denoise_hierarchical(
                 on_step(DenoiseState(run.step, tensors["latents"], run.generator_states()))
             return {}
 
-        with _timesteps_from(pipe.scheduler, first), torch.no_grad():
+        with timesteps_from(pipe.scheduler, first), torch.no_grad():
             latents = pipe(
                 image_embeds=embeds,
                 negative_image_embeds=negative,
@@ -229,27 +228,6 @@ def denoise_hierarchical(
                 callback_on_step_end=step_end,
             ).images
     return latents, run.denoiser.evaluator
-
-
-@contextmanager
-def _timesteps_from(scheduler: DDPMScheduler, first: int) -> Iterator[None]:
-    """While open, the scheduler's ``set_timesteps`` keeps only the timesteps from step ``first`` on."""
-    if first == 0:
-        yield
-        return
-    if scheduler.custom_timesteps:
-        raise ValueError("resuming needs the decoder's DDPM scheduler with its own timesteps")
-    full = type(scheduler).set_timesteps
-
-    def set_timesteps(*args, **kwargs) -> None:
-        full(scheduler, *args, **kwargs)
-        scheduler.timesteps = scheduler.timesteps[first:]
-
-    scheduler.set_timesteps = set_timesteps
-    try:
-        yield
-    finally:
-        del scheduler.set_timesteps
 
 
 def _check_image_embeds(decoder: KandinskyDecoder, image_embeds: torch.Tensor, n: int) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -91,3 +92,19 @@ def tiny_model(comfy_host: InProcessHost):
     from testkit.tiny_model import load_tiny_model  # imports ComfyUI: after prepare_comfy_imports
 
     return load_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_host: InProcessHost, tiny_model) -> SimpleNamespace:
+    """ComfyUI's node classes (``classes``) and ``nodes`` module (``stock``), the tiny model's ``model``,
+    ``clip`` and ``vae``, and a ``negative`` ("blurry") encoded with that clip; progress bars off."""
+    import comfy.utils
+
+    import nodes as comfy_nodes
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    model, clip, vae = tiny_model
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
+    return SimpleNamespace(
+        classes=comfy_host.node_classes, stock=comfy_nodes, model=model, clip=clip, vae=vae, negative=negative
+    )

@@ -24,6 +24,8 @@ import sys
 import pytest
 import torch
 
+from hierdiff_dev.expect import assert_close, recording
+
 WORDS = ("red", "blue", "green", "cat", "dog", "tree", "house", "river", "sky", "stone", "light", "night")
 SEED = 7
 STEPS = 4
@@ -212,19 +214,6 @@ def test_every_family_encodes_each_prompt_exactly_as_alone(comfy, family):
 CHUNK_SET = [chunked(1), chunked(2), chunked(3, 2), chunked(1, 1), chunked(2, 1), "a (red:1.3) cat"]
 
 
-def recording(model):
-    """A clone of ``model`` whose apply function records each call's chunk kinds and tokens."""
-    calls = []
-
-    def wrapper(apply_model, args):
-        calls.append({"chunks": list(args["cond_or_uncond"]), "tokens": args["c"]["c_crossattn"]})
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    patched = model.clone()
-    patched.set_model_unet_function_wrapper(wrapper)
-    return patched, calls
-
-
 def hier_ksampler(comfy, tree, *, model=None, cfg=7.0, budget="tau", value=0.0, mix="mean"):
     return comfy.node_classes["HierKSampler"].execute(
         model or comfy.model, tree, comfy.negative, LATENT, SEED, STEPS, cfg, "euler", "normal", 1.0,
@@ -240,7 +229,7 @@ def test_at_tau_zero_the_model_sees_every_prompt_at_its_own_length(comfy):
     assert len(calls) == 3 * STEPS, "euler: one call per token length and step"
     seen = []
     for call in calls:
-        for row in call["tokens"]:
+        for row in call["c"]["c_crossattn"]:
             matches = [i for i, r in enumerate(references) if r.shape == row.shape and torch.equal(r, row)]
             assert matches, f"a row of {row.shape[0]} tokens is no prompt's own encoding"
             seen += matches
@@ -279,16 +268,9 @@ def test_a_group_is_padded_to_the_lcm_of_its_own_members_only(comfy, mix):
             by_length.setdefault(row.shape[0], []).append(row)
         expected_calls += [torch.stack(rows) for rows in by_length.values()]
     assert mixed_lengths, "some group should mix prompts of different lengths"
-    assert [c["tokens"].shape for c in calls] == [e.shape for e in expected_calls]
+    assert [c["c"]["c_crossattn"].shape for c in calls] == [e.shape for e in expected_calls]
     for call, expected in zip(calls, expected_calls, strict=True):
-        torch.testing.assert_close(call["tokens"], expected, rtol=1e-5, atol=1e-6)
-
-
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude (see tests/comfy/test_hier_sampling.py)."""
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
+        torch.testing.assert_close(call["c"]["c_crossattn"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_tau_zero_equals_stock_ksampler_for_prompts_of_different_chunk_counts(comfy):

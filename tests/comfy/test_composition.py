@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
+from hierdiff_dev.expect import assert_close, counting, measured_rows
 
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
 SET_WITH_SPLITS = [
@@ -34,41 +35,9 @@ STEPS = 6
 LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
 
 
-@pytest.fixture(scope="module")
-def comfy(comfy_host, tiny_model):
-    """ComfyUI's node classes, its ``nodes`` module, the tiny model and an encoded negative."""
-    import comfy.utils
-
-    import nodes as comfy_nodes
-
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    model, clip, _ = tiny_model
-
-    class Comfy:
-        classes = comfy_host.node_classes
-        stock = comfy_nodes
-
-    Comfy.model, Comfy.clip = model, clip
-    Comfy.negative = comfy_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-    return Comfy
-
-
 def patched(comfy, node_id: str, *inputs):
     """The MODEL output of one of ComfyUI's model-patch nodes applied to the tiny model."""
     return comfy.classes[node_id].execute(comfy.model, *inputs).args[0]
-
-
-def counting(model):
-    """A clone of ``model`` whose apply function counts the latent rows that reach the network."""
-    counter = {"rows": 0}
-
-    def wrapper(apply_model, args):
-        counter["rows"] += args["input"].shape[0]
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    clone = model.clone()
-    clone.set_model_unet_function_wrapper(wrapper)
-    return clone, counter
 
 
 def prompt_tree(comfy, prompts: list[str]):
@@ -92,21 +61,6 @@ def stock_ksampler(comfy, model, prompt: str, cfg=7.0, negative=None) -> torch.T
         model, SEED, STEPS, cfg, "euler", "normal", positive, negative or comfy.negative, LATENT
     )
     return out[0]["samples"]
-
-
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude (float round-off of batches of other sizes)."""
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
-
-
-def measured_rows(out) -> tuple[int, int]:
-    """(rows through the model, rows ordinary sampling would take) from the node's measured line."""
-    line = out.ui["hierdiff_measured"][0]
-    through = line.split("measured: ")[1].split(" latent rows")[0]
-    instead = line.split(" instead of ")[1].split(",")[0].split(" ")[0]
-    return int(through.replace(",", "")), int(instead.replace(",", ""))
 
 
 @pytest.mark.parametrize("max_batch", [64, 2])
@@ -202,11 +156,11 @@ def test_measured_counts_the_rows_the_model_really_sees(comfy, negative):
     assert counter["rows"] != 2 * len(PROMPTS) * STEPS  # not the plain cond + uncond count
     assert measured_rows(out) == (counter["rows"], counter["rows"])  # tau = 0: nothing shared
 
-    counter["rows"] = 0
+    counter.reset()
     out = hier_ksampler(comfy, model, SET_WITH_SPLITS, negative=negative, budget="target_saving", value=0.5)
     through = counter["rows"]
     assert Plan.from_json(out.args[1]).saving >= 0.5
-    counter["rows"] = 0
+    counter.reset()
     for prompt in SET_WITH_SPLITS:  # what ordinary sampling sends through the model, counted
         stock_ksampler(comfy, model, prompt, negative=negative)
     assert measured_rows(out) == (through, counter["rows"])

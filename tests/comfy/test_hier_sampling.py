@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from hierdiff_dev.expect import assert_close, counting
+
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
 SET_WITH_SPLITS = [
     "a red cat on a sofa",
@@ -30,37 +32,6 @@ STOCHASTIC_MARKERS = ("ancestral", "sde", "ddpm", "lcm", "seeds", "sa_solver")
 # dpm_adaptive's step-size controller measures its error over the whole batch, so even stock ComfyUI
 # gives a prompt different results alone and inside a batch: there is no per-prompt reference.
 BATCH_COUPLED = ("dpm_adaptive",)
-
-
-@pytest.fixture(scope="module")
-def comfy(comfy_host, tiny_model):
-    """ComfyUI's node classes plus the tiny model, encoded negative and helper encoders."""
-    import comfy.utils
-
-    import nodes as comfy_nodes
-
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    model, clip, vae = tiny_model
-
-    class Comfy:
-        classes = comfy_host.node_classes
-        stock = comfy_nodes
-
-    Comfy.model, Comfy.clip, Comfy.vae = model, clip, vae
-    Comfy.negative = comfy_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-    return Comfy
-
-
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude.
-
-    The tiny model's random weights give latents of magnitude ~100 (it predicts no real noise), so
-    float32 round-off alone is ~1e-3 in absolute terms: stock ComfyUI's own batch-of-N and batch-of-1
-    runs of one prompt differ by about 4e-6 of the magnitude. The bound is relative for that reason.
-    """
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
 
 
 def prompt_tree(comfy, prompts: list[str], linkage: str = "ward"):
@@ -169,20 +140,6 @@ def test_tau_zero_equals_stock_ksampler_per_prompt(comfy, sampler, scheduler):
     for i, prompt in enumerate(PROMPTS):
         reference = stock_ksampler(comfy, prompt, sampler=sampler, scheduler=scheduler)
         assert_close(samples[i : i + 1], reference, f"{sampler}/{scheduler}, prompt {i}")
-
-
-def counting(model):
-    """A clone of ``model`` whose apply function counts the latent rows it evaluates."""
-    counter = {"rows": 0, "calls": 0}
-
-    def wrapper(apply_model, args):
-        counter["rows"] += args["input"].shape[0]
-        counter["calls"] += 1
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    patched = model.clone()
-    patched.set_model_unet_function_wrapper(wrapper)
-    return patched, counter
 
 
 def test_identical_prompts_give_identical_latents_with_one_evaluation_per_step(comfy):
@@ -443,7 +400,8 @@ def test_cancel_stops_within_one_model_call(comfy):
     import comfy.model_management as mm
 
     tree = prompt_tree(comfy, SET_WITH_SPLITS)
-    model, counter = counting(comfy.model)
+    model = comfy.model.clone()
+    counter = {"calls": 0}
     calls_before_cancel = 3
 
     def cancelling(apply_model, args):

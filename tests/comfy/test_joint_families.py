@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
+from hierdiff_dev.expect import assert_close, recording
 
 SEED = 3
 STEPS = 4
@@ -87,29 +88,6 @@ def joint(comfy_host):
 
     Joint.negative = Joint.encode(NEGATIVE)
     return Joint
-
-
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> float:
-    """Equal within 1e-4 of the reference's magnitude (as tests/comfy/test_composition.py); returns the
-    relative difference."""
-    assert actual.shape == reference.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
-    return difference / scale
-
-
-def recording(model):
-    """A clone of ``model`` whose apply function records each call's rows, chunk kinds and inputs."""
-    calls = []
-
-    def wrapper(apply_model, args):
-        calls.append({"rows": args["input"].shape[0], "chunks": list(args["cond_or_uncond"]), "c": args["c"]})
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    patched = model.clone()
-    patched.set_model_unet_function_wrapper(wrapper)
-    return patched, calls
 
 
 def hier_ksampler(joint, model, prompt_tree, *, budget="tau", value=0.0, max_batch=64, latent=None):

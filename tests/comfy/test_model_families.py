@@ -23,6 +23,7 @@ import torch
 
 from hierdiff_core.engine import group_mean
 from hierdiff_core.tree import build_tree
+from hierdiff_dev.expect import assert_close, recording
 
 SEED = 11
 STEPS = 4
@@ -56,13 +57,6 @@ def comfy(comfy_host):
     return Comfy
 
 
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude (random weights give latents far from unit scale)."""
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
-
-
 def text_prompt_set(comfy, family: str, conditionings: list[list], prompts: list[str]):
     """A PROMPT_TREE over per-prompt CONDITIONINGs, clustered on their pooled outputs."""
     stacked = comfy.conditioning.stack_conditionings(conditionings)
@@ -84,19 +78,6 @@ def hier_ksampler(
 def stock_sample(comfy, model, positive, negative, latent, *, cfg, steps=STEPS) -> torch.Tensor:
     out = comfy.stock.common_ksampler(model, SEED, steps, cfg, "euler", "normal", positive, negative, latent)
     return out[0]["samples"]
-
-
-def recording(model):
-    """A clone of ``model`` whose apply function records each call's rows, chunk kinds and inputs."""
-    calls = []
-
-    def wrapper(apply_model, args):
-        calls.append({"rows": args["input"].shape[0], "chunks": list(args["cond_or_uncond"]), "c": args["c"]})
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    patched = model.clone()
-    patched.set_model_unet_function_wrapper(wrapper)
-    return patched, calls
 
 
 SHARING_STEPS = 6

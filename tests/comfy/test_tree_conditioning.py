@@ -14,10 +14,13 @@ Specification (Prompt Tree Conditioning -> stock conditioning nodes -> Prompt Tr
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
+from hierdiff_dev.expect import assert_close, counting, measured_rows
 
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
 PAIR = PROMPTS[:2]  # sampled at tau = 0 with max_batch 1 too: two model calls a step
@@ -36,41 +39,18 @@ LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
 
 
 @pytest.fixture(scope="module")
-def comfy(comfy_host, tiny_model):
-    """ComfyUI's node classes and ``nodes`` module, the tiny model and ControlNet, a negative, an extra
-    shared conditioning and a control image."""
-    import comfy.utils
-
-    import nodes as comfy_nodes
+def comfy(comfy):
+    """The shared host fixture plus the tiny ControlNet, an extra shared conditioning, a control image
+    and a cache of stock references."""
     from testkit.tiny_controlnet import load_tiny_controlnet
 
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    model, clip, vae = tiny_model
-
-    class Comfy:
-        classes = comfy_host.node_classes
-        stock = comfy_nodes
-        references: dict = {}
-
-    Comfy.model, Comfy.clip, Comfy.vae = model, clip, vae
-    Comfy.controlnet = load_tiny_controlnet()
-    Comfy.negative = comfy_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-    Comfy.extra = comfy_nodes.CLIPTextEncode().encode(clip, "a stormy sky")[0]
-    Comfy.image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
-    return Comfy
-
-
-def counting(model):
-    """A clone of ``model`` whose apply function counts the latent rows that reach the network."""
-    counter = {"rows": 0}
-
-    def wrapper(apply_model, args):
-        counter["rows"] += args["input"].shape[0]
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    clone = model.clone()
-    clone.set_model_unet_function_wrapper(wrapper)
-    return clone, counter
+    return SimpleNamespace(
+        **vars(comfy),
+        references={},
+        controlnet=load_tiny_controlnet(),
+        extra=comfy.stock.CLIPTextEncode().encode(comfy.clip, "a stormy sky")[0],
+        image=torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3)),
+    )
 
 
 def controlnet(comfy, positive: list, image: torch.Tensor | None = None) -> tuple[list, list]:
@@ -142,21 +122,6 @@ def reference(comfy, prompt: str, operation) -> torch.Tensor:
     if key not in comfy.references:
         comfy.references[key] = stock_ksampler(comfy, comfy.model, prompt, operation)
     return comfy.references[key]
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude (float round-off of batches of other sizes)."""
-    scale = max(1.0, expected.abs().max().item())
-    difference = (actual - expected).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
-
-
-def measured_rows(out) -> tuple[int, int]:
-    """(rows through the model, rows ordinary sampling would take) from the node's measured line."""
-    line = out.ui["hierdiff_measured"][0]
-    through = line.split("measured: ")[1].split(" latent rows")[0]
-    instead = line.split(" instead of ")[1].split(",")[0].split(" ")[0]
-    return int(through.replace(",", "")), int(instead.replace(",", ""))
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,14 @@ Specification:
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from hierdiff_core.schedule import Plan, copies_split_step
+from hierdiff_dev.expect import assert_close, counting
 
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
 SEED = 7
@@ -30,37 +33,11 @@ LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
 
 
 @pytest.fixture(scope="module")
-def comfy(comfy_host, tiny_model):
-    """ComfyUI's node classes, its ``nodes`` module, the tiny model and an encoded negative."""
-    import comfy.utils
-
-    import nodes as comfy_nodes
-
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    model, clip, _ = tiny_model
-
-    class Comfy:
-        classes = comfy_host.node_classes
-        stock = comfy_nodes
-
-    Comfy.model, Comfy.clip = model, clip
-    Comfy.negative = comfy_nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-    node = Comfy.classes["HierPromptSetCluster"]
-    Comfy.tree = node.execute([clip], ["\n".join(PROMPTS)], ["ward"], ["clip_pooled"]).args[0]
-    return Comfy
-
-
-def counting(model):
-    """A clone of ``model`` whose apply function counts the latent rows that reach the network."""
-    counter = {"rows": 0}
-
-    def wrapper(apply_model, args):
-        counter["rows"] += args["input"].shape[0]
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    clone = model.clone()
-    clone.set_model_unet_function_wrapper(wrapper)
-    return clone, counter
+def comfy(comfy):
+    """The shared host fixture plus the prompt tree of the three prompts."""
+    node = comfy.classes["HierPromptSetCluster"]
+    tree = node.execute([comfy.clip], ["\n".join(PROMPTS)], ["ward"], ["clip_pooled"]).args[0]
+    return SimpleNamespace(**vars(comfy), tree=tree)
 
 
 def sampler_inputs(sampler: str, budget: str, value: float) -> tuple:
@@ -82,13 +59,6 @@ def stock_ksampler(comfy, prompt: str) -> torch.Tensor:
         comfy.model, SEED, STEPS, 7.0, "euler", "normal", positive, comfy.negative, LATENT
     )
     return out[0]["samples"]
-
-
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude (float round-off of batches of other sizes)."""
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
 
 
 def assert_copies_differ(samples: torch.Tensor) -> None:

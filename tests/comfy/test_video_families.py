@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
+from hierdiff_dev.expect import assert_close, counting
 
 SEED = 5
 STEPS = 4
@@ -87,28 +88,6 @@ def video(comfy_host):
 
     Video.negative = Video.encode(NEGATIVE)
     return Video
-
-
-def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> None:
-    """Equal within 1e-4 of the reference's magnitude (as tests/comfy/test_composition.py)."""
-    assert actual.shape == reference.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
-    scale = max(1.0, reference.abs().max().item())
-    difference = (actual - reference).abs().max().item()
-    assert difference <= 1e-4 * scale, f"{what}: differs by {difference} (magnitude {scale})"
-
-
-def counting(model):
-    """A clone of ``model`` whose apply function counts the latent rows that reach the network."""
-    counter = {"rows": 0, "shapes": set()}
-
-    def wrapper(apply_model, args):
-        counter["rows"] += args["input"].shape[0]
-        counter["shapes"].add(tuple(args["input"].shape[1:]))
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    clone = model.clone()
-    clone.set_model_unet_function_wrapper(wrapper)
-    return clone, counter
 
 
 def hier_ksampler(video, model, prompt_tree, latent, *, cfg=5.0, budget="tau", value=0.0):

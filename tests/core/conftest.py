@@ -43,3 +43,13 @@ def embedded(prompt_set):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for the module (testkit.tiny_pipelines.one_torch_thread): the tiny pipelines'
+    kernels gain nothing from more, and on a shared machine spinning threads slow them many times."""
+    from testkit.tiny_pipelines import one_torch_thread as one_thread
+
+    with one_thread():
+        yield

@@ -46,7 +46,7 @@ from hierdiff_diffusers.pipelines import (
     split_tree,
     subtree,
 )
-from testkit.tiny_pipelines import BUILDERS, SIZE, one_torch_thread
+from testkit.tiny_pipelines import BUILDERS, SIZE
 
 PROMPTS = ["a red car", "a cat on a mat", "a blue car", "a cat"]
 STEPS = 3
@@ -94,10 +94,7 @@ MATRIX = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

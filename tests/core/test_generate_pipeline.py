@@ -27,7 +27,7 @@ from hierdiff_diffusers import hierarchical, load_pipeline
 from hierdiff_diffusers.generate_pipeline import generate_pipeline
 from hierdiff_diffusers.output import Progress
 from hierdiff_diffusers.pipelines import split_tree
-from testkit.tiny_pipelines import BUILDERS, SIZE, one_torch_thread
+from testkit.tiny_pipelines import BUILDERS, SIZE
 
 PROMPTS = ["a red car", "a cat on a mat", "a blue car", "a cat", "a red bus"]
 STEPS = 3
@@ -35,10 +35,7 @@ SEED = 5
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
