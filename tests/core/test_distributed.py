@@ -55,16 +55,16 @@ def pipeline_dir(tmp_path_factory):
 
 def single_process(folder: Path, prompts: list[str], steps: int) -> tuple[list[np.ndarray], object]:
     """The images of one process running ``hierarchical`` (max_batch 1, each image decoded alone)."""
-    import torch
-
     from hierdiff_diffusers import hierarchical, load_pipeline
     from hierdiff_diffusers.distributed import decode_each_alone
+    from testkit.tiny_pipelines import one_torch_thread
 
-    torch.set_num_threads(1)
-    pipe = load_pipeline(folder)
-    decode_each_alone(pipe)
-    out = hierarchical(pipe, prompts, BUDGET, seed=SEED, num_inference_steps=steps, max_batch=1,
-                       guidance_scale=7.5)  # fmt: skip
+    # One thread, as the workers run; restored after, since later tests compare against subprocesses.
+    with one_torch_thread():
+        pipe = load_pipeline(folder)
+        decode_each_alone(pipe)
+        out = hierarchical(pipe, prompts, BUDGET, seed=SEED, num_inference_steps=steps, max_batch=1,
+                           guidance_scale=7.5)  # fmt: skip
     return [np.asarray(image) for image in out.images], out
 
 
