@@ -482,9 +482,9 @@ def with_copies(prompt_set: PromptTreeSet, copies: int) -> PromptTreeSet:
     """The prompt set with ``copies`` copies of each prompt (variations), row ``i * copies + v`` being copy
     v of prompt i: the tree from :func:`hierdiff_core.tree.with_copies` and every per-prompt row of the
     conditioning (tensors with N rows, the token lengths) repeated; ``copies == 1`` returns it unchanged."""
-    tree = copy_tree(prompt_set.tree, copies)
     if copies == 1:
         return prompt_set
+    tree = copy_tree(prompt_set.tree, copies)
     n = prompt_set.tree.n_prompts
 
     def repeated(value):

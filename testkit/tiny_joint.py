@@ -200,23 +200,25 @@ class RefusedFamily:
     context_dim: int
 
 
+_LUMINA2 = {
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 64,
+    "cap_feat_dim": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+    "axes_dims": [8, 12, 12],
+    "axes_lens": [300, 64, 64],
+    "n_refiner_layers": 1,
+}
+
 REFUSED: dict[str, RefusedFamily] = {
     "lumina2": RefusedFamily(
         "lumina2",
         comfy.supported_models.Lumina2,
-        {
-            "image_model": "lumina2",
-            "patch_size": 2,
-            "in_channels": 16,
-            "dim": 64,
-            "cap_feat_dim": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_kv_heads": 2,
-            "axes_dims": [8, 12, 12],
-            "axes_lens": [300, 64, 64],
-            "n_refiner_layers": 1,
-        },
+        _LUMINA2,
         16,
         32,
     ),
@@ -224,17 +226,7 @@ REFUSED: dict[str, RefusedFamily] = {
         "z_image",
         comfy.supported_models.ZImage,
         {
-            "image_model": "lumina2",
-            "patch_size": 2,
-            "in_channels": 16,
-            "dim": 64,
-            "cap_feat_dim": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_kv_heads": 2,
-            "axes_dims": [8, 12, 12],
-            "axes_lens": [300, 64, 64],
-            "n_refiner_layers": 1,
+            **_LUMINA2,  # Z-Image is a Lumina 2 NextDiT with these settings on
             "qk_norm": True,
             "pad_tokens_multiple": 32,
             "z_image_modulation": True,
