@@ -173,11 +173,29 @@ def check_latent_dimensions(model, samples: torch.Tensor, name: str) -> None:
 # different video than stock sampling gives (ComfyUI fills what is missing with zeros).
 WAN_TEXT_TO_VIDEO = ("WAN21_T2V", "WAN22_T2V")
 
+# Model classes (comfy.model_base, subclasses included) whose conditioning carries per-prompt inputs that
+# a group of prompts cannot be given, and why (ComfyUI 0.3.75; docs/sampling.md, "Model families").
+UNCARRIED_CONDITIONING = {
+    "LTXV": "read the T5 encoder's integer attention mask over their 128 padded text tokens in every "
+    "cross-attention, and a group of prompts has no such mask (a mean of integer masks is undefined, and "
+    "a fractional one LTXV would add to its attention scores as it is, unmasking the padding)",
+    "HunyuanVideo": "condition on per-prompt inputs besides the text tokens that a group cannot mix: the "
+    "byT5 glyph tokens of quoted text (HunyuanVideo 1.5: only prompts that quote text have them, each of "
+    "its own length), the Llama encoder's integer attention mask (HunyuanVideo), and an image in the "
+    "image-to-video variants",
+}
+
 
 def check_model_family(model) -> None:
     """Refuse model types whose conditioning hierarchical sampling cannot carry, naming the type."""
     base = model.model
     config = type(base.model_config).__name__
+    for name, why in UNCARRIED_CONDITIONING.items():
+        if isinstance(base, getattr(comfy.model_base, name)):
+            raise ValueError(
+                f"model: {config} ({type(base).__name__}) models {why}: hierarchical sampling does not "
+                "support this family; use one it supports (docs/sampling.md, Model families)"
+            )
     if isinstance(base, comfy.model_base.WAN21) and config not in WAN_TEXT_TO_VIDEO:
         raise ValueError(
             f"model: {config} ({type(base).__name__}) models take a per-prompt image, video, camera or audio "
@@ -230,12 +248,7 @@ def check_sigmas(sigmas: torch.Tensor) -> None:
 def check_composable(model_options: dict) -> None:
     """Refuse the model patches that cannot follow a batch whose rows change as groups split, naming the
     node and what to use instead (docs/sampling.md, "Composing with other nodes")."""
-    holder = model_options.get("transformer_options", {}).get("easycache")
-    if type(holder).__name__ == "EasyCacheHolder":  # LazyCache keeps its holder under the same key
-        raise ValueError(
-            "EasyCache cannot feed a hierarchical sampler: it reuses model outputs per batch row, and the "
-            "rows change whenever groups split. Connect the MODEL before EasyCache, or use LazyCache"
-        )
+    # EasyCache is not refused: the sampler runs its rule on groups (nodes/step_cache.py).
     for function in model_options.get("sampler_post_cfg_function", []):
         if getattr(function, "__qualname__", "").startswith("SelfAttentionGuidance."):
             raise ValueError(

@@ -15,7 +15,7 @@ model call takes rows of different lengths depends on the model (:func:`text_pad
 - UNets ("repeat"): a group's members are repeated to the least common multiple of their lengths
   (which cross-attention does not notice) and averaged token by token; a prompt alone is never
   padded; one model call takes groups of one token length (:func:`token_length_parts` splits a batch);
-- joint-attention models that take a text attention mask ("mask", Chroma): a group's conditioning is
+- joint-attention models that take a text attention mask ("mask", Chroma, Flux): a group's conditioning is
   the mean, at each token position, of the members that have that position (as long as its longest
   member); the groups of one call are zero-padded to the call's longest and a text attention mask
   (``attention_mask``, additive) hides the padding from every attention layer, so one call takes
@@ -43,6 +43,9 @@ from hierdiff_core.tree import with_copies as copy_tree
 TOKEN_LENGTHS_KEY = "hier_token_lengths"
 """Conditioning extra set by :func:`stack_conditionings`: each prompt's own token count (its row's
 first tokens; the rest of a shorter row is filler that mixing never reads)."""
+TEXT_MASK_EXTRA = "attention_mask"
+"""Conditioning extra some text encoders add (LLM encoders of Lumina 2, Z-Image, Flux.2): (1, T) over the
+prompt's T tokens, 1 at a token and 0 at padding."""
 
 
 def held_tensors(value: object) -> list[torch.Tensor]:
@@ -119,8 +122,9 @@ def stack_conditionings(per_prompt: list[list]) -> list:
 
     Nothing is padded: a row shorter than the longest keeps its tokens first and zeros after them,
     and ``extras[TOKEN_LENGTHS_KEY]`` records every T_i (mixing reads only a row's own tokens, see
-    :func:`group_model_conds`). Tensor extras (pooled output, ...) are concatenated; other extras
-    must agree across prompts. Prompts that share a CONDITIONING object share its values.
+    :func:`group_model_conds`). Tensor extras (pooled output, ...) are concatenated, the encoder's own
+    token mask (``TEXT_MASK_EXTRA``) zero-filled like the tokens; other extras must agree across prompts.
+    Prompts that share a CONDITIONING object share its values.
     """
     for i, conditioning in enumerate(per_prompt):
         if len(conditioning) != 1:
@@ -143,6 +147,15 @@ def stack_conditionings(per_prompt: list[list]) -> list:
         if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == 1:
             if any(v is None for v in values):
                 raise ValueError(f"conditioning extra {key!r} is missing for some prompts")
+            if key == TEXT_MASK_EXTRA and all(
+                tuple(v.shape) == (1, n) for v, n in zip(values, lengths, strict=True)
+            ):
+                # The encoder's mask over each prompt's own tokens (Gemma, Qwen3, Mistral): padded like the
+                # tokens, its zeros marking the padding, so that the sampler can tell the family to refuse.
+                extras[key] = torch.cat(
+                    [torch.nn.functional.pad(v, (0, longest - v.shape[1])) for v in values]
+                )
+                continue
             shapes = sorted({tuple(v.shape) for v in values})
             if len(shapes) > 1:
                 # HiDream's Llama states (conditioning_llama3), padded to 128 tokens, longer beyond.
@@ -161,9 +174,11 @@ def stack_conditionings(per_prompt: list[list]) -> list:
 
 
 # ComfyUI model classes (comfy.model_base) whose diffusion model hides text tokens named by an additive
-# ``attention_mask`` in every attention layer, and whose text tokens carry no position (Chroma's text ids
-# are all zero), so zero tokens hidden by the mask leave a prompt's result as it is alone.
-MASKED_TEXT_MODELS = ("Chroma",)
+# ``attention_mask`` in every attention layer, and whose text tokens carry no position (Chroma's and Flux's
+# text ids are all zero), so zero tokens hidden by the mask leave a prompt's result as it is alone. Flux
+# (dev, schnell, Fill, Kontext) also appends reference latents' tokens after the image's.
+MASKED_TEXT_MODELS = ("Chroma", "Flux")
+REFERENCE_TOKEN_MODELS = ("Flux",)
 
 TEXT_MASK_MODEL_COND = "attention_mask"
 """The model input (a keyword of the diffusion model's forward) that carries the text attention mask."""
@@ -177,7 +192,6 @@ _UNMASKABLE = {
     "Flux2": "ComfyUI pads its text to 512 tokens at the front, unmasked, and text tokens have positions",
     "HiDream": "the model takes no text attention mask",
     "SD3": "its MMDiT attends jointly over text and image tokens and takes no text attention mask",
-    "Flux": "text attention masks are enabled for Chroma only",
 }
 
 
@@ -187,11 +201,23 @@ class TextPadding:
 
     mode: "repeat" (UNet cross-attention: tokens repeated to a common length), "mask" (joint attention
     with a text attention mask: zero tokens hidden by the mask) or "refuse"; image_tokens: for "mask",
-    how many image tokens follow the text in the model's joint sequence (the mask covers both).
+    how many image tokens follow the text in the model's joint sequence (the mask covers both);
+    reference_patch: for a model that appends reference latents' tokens (``ref_latents``, Flux Kontext)
+    after the image's, its patch size (each reference of H x W adds ceil(H / p) * ceil(W / p) tokens),
+    else 0.
     """
 
     mode: str
     image_tokens: int = 0
+    reference_patch: int = 0
+
+    def reference_tokens(self, model_conds: dict) -> int:
+        """How many reference-latent tokens the model appends to the image's for these model conds."""
+        references = model_conds.get("ref_latents")
+        if not self.reference_patch or references is None:
+            return 0
+        p = self.reference_patch
+        return sum(math.ceil(r.shape[-2] / p) * math.ceil(r.shape[-1] / p) for r in references.cond)
 
 
 def text_padding(model, latent_shape: tuple[int, ...] | None = None) -> TextPadding:
@@ -200,12 +226,14 @@ def text_padding(model, latent_shape: tuple[int, ...] | None = None) -> TextPadd
     base = getattr(model, "model", model)
     if isinstance(base.diffusion_model, UNetModel):
         return TextPadding("repeat")
-    if type(base).__name__ in MASKED_TEXT_MODELS and isinstance(base, comfy.model_base.Flux):
-        if latent_shape is None:
-            return TextPadding("mask")
+    name = type(base).__name__
+    if name in MASKED_TEXT_MODELS and isinstance(base, comfy.model_base.Flux):
         patch = int(base.diffusion_model.patch_size)
+        references = patch if name in REFERENCE_TOKEN_MODELS else 0
+        if latent_shape is None:
+            return TextPadding("mask", reference_patch=references)
         height, width = latent_shape[-2:]
-        return TextPadding("mask", math.ceil(height / patch) * math.ceil(width / patch))
+        return TextPadding("mask", math.ceil(height / patch) * math.ceil(width / patch), references)
     return TextPadding("refuse")
 
 
@@ -213,8 +241,8 @@ def check_token_lengths(prompt_set: PromptTreeSet, model) -> None:
     """Refuse prompts of different token lengths on a MODEL that cannot take them in one call unchanged.
 
     Repeating a token sequence leaves a UNet's cross-attention unchanged, and a text attention mask hides
-    zero padding from a joint-attention model that takes one (Chroma). Transformers that attend jointly
-    over text and image tokens without such a mask (SD3's MMDiT, Flux, Lumina 2 / Z-Image, Qwen-Image,
+    zero padding from a joint-attention model that takes one (Chroma, Flux). Transformers that attend
+    jointly over text and image tokens without such a mask (SD3's MMDiT, Lumina 2 / Z-Image, Qwen-Image,
     Flux.2, HiDream, ...) weigh padding or repeated tokens, so a padded prompt would no longer give what
     it gives alone. Raises ValueError naming the model type and why.
     """
@@ -323,7 +351,8 @@ def group_model_conds(
                         "prompt_tree conditioning carries an attention mask of its own (regional prompting), "
                         "which cannot be combined with prompts of different token lengths"
                     )
-                mask = joint_attention_mask(hidden, padding.image_tokens, rows.dtype)
+                keys = padding.image_tokens + padding.reference_tokens(entry["model_conds"])
+                mask = joint_attention_mask(hidden, keys, rows.dtype)
                 model_conds[TEXT_MASK_MODEL_COND] = comfy.conds.CONDRegular(mask)
         entry["model_conds"] = model_conds
         grouped.append(entry)

@@ -35,12 +35,14 @@ from hierdiff_core.engine import (
 )
 from hierdiff_core.schedule import Plan, copies_split_step
 from hierdiff_core.schedule import plan as make_plan
+from hierdiff_core.step_cache import GroupStepCache
 from hierdiff_core.tree import build_tree
 
 from .checks import check_composable, check_sigmas
 from .conditioning import PromptTreeSet, group_model_conds, text_padding, token_length_parts, with_copies
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
+from .step_cache import CachedDiffusionModel, log_cache, without_easycache
 
 NOISE_MODES = ("shared", "per_root")
 TREE_SOURCES = ("prompt_tree", "first_step")
@@ -71,6 +73,7 @@ class EvaluationCount:
     hierarchical: int = 0
     independent: int = 0
     guided: bool = False
+    cached: int = 0  # rows the step cache answered instead of the network (EasyCache)
 
     @property
     def saving(self) -> float:
@@ -80,9 +83,10 @@ class EvaluationCount:
 def measured_line(count: EvaluationCount) -> str:
     """What the model really evaluated, in latent rows (sampler calls per step and guidance included)."""
     guidance = ", conditional and unconditional" if count.guided else ""
+    cached = f" ({count.cached:,} more answered by the step cache)" if count.cached else ""
     return (
-        f"measured: {count.hierarchical:,} latent rows through the model instead of {count.independent:,}"
-        f"{guidance}, {100 * count.saving:.1f} % saved"
+        f"measured: {count.hierarchical:,} latent rows through the model{cached} instead of "
+        f"{count.independent:,}{guidance}, {100 * count.saving:.1f} % saved"
     )
 
 
@@ -112,6 +116,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         tree_from: str = "prompt_tree",
         copies: int = 1,
     ):
+        model_patcher, self.easycache = without_easycache(model_patcher)
         super().__init__(model_patcher)
         if plan is None and plan_fn is None:
             raise ValueError("HierarchicalGuider needs a plan or a plan_fn")
@@ -140,6 +145,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         self.negative = negative
         self.count = EvaluationCount()
         self._context = None
+        self._cache: GroupStepCache | None = None
+        self._cached_model: CachedDiffusionModel | None = None
         self.set_conds(prompt_set.conditioning, negative)
         self.set_cfg(cfg)
 
@@ -207,6 +214,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         finally:
             self.model_options = original_options
             self._context = None
+            log_cache(self._cache)
 
     def _copies_split(self, full_sigmas: torch.Tensor, sigmas: torch.Tensor) -> int | None:
         """Where, in this run's ``sigmas``, the copies of each prompt part (an index into them), or None
@@ -285,37 +293,59 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         evaluator = GroupedEvaluator(plan, self._evaluate, self.max_batch, cancel_check)
         conditioner = GroupConditioner(plan, self.mix)
         row_conds = self._per_row_model_conds(seed)
+        options = comfy.model_patcher.create_model_options_clone(self.model_options)
+        model_sampling = self.model_patcher.get_model_object("model_sampling")
+        cache = None if self.easycache is None else self.easycache.cache(model_sampling, plan.tree)
+        self._cache = cache
 
         def group_rows(executor, model, conds, x, timestep, model_options):
             # Every call on this run's N rows is grouped: the sampler's [positive, negative] and the
             # extra calls of guidance functions (PAG's [positive], ...), so they share and are counted
             # alike. A call on other rows (a context window's slice) is not this plan's: passed on.
-            seen = self.count.hierarchical
+            seen = self.count.hierarchical + self.count.cached
             if x.ndim == 0 or x.shape[0] != n:
                 out = executor(model, conds, x, timestep, model_options)
-                self.count.independent += self.count.hierarchical - seen
+                self.count.independent += self.count.hierarchical + self.count.cached - seen
                 return out
             step = step_for_sigma(full_sigmas, float(timestep.flatten()[0]))
             positive = {entry.get("uuid") for entry in self.conds.get("positive") or []} - {None}
             conds = [_with_model_conds(c, row_conds) if _is_positive(c, positive) else c for c in conds]
             self._context = (conds, model, model_options, conditioner, executor)
             self.count.guided |= len(conds) > 1 and conds[1] is not None
-            out = evaluator(step, x, timestep)
+            if cache is not None:
+                inputs = self._model_inputs(model, x, timestep, step)
+                cache.begin(float(timestep.flatten()[0]), plan.groups(step).nodes, inputs)
+            try:
+                out = evaluator(step, x, timestep)
+            finally:
+                if cache is not None:
+                    cache.end()
             # Every group sends the same rows (its cond entries, areas, those in their timestep range),
             # so one row per prompt would have sent n / groups times as many.
-            self.count.independent += (self.count.hierarchical - seen) * n // len(plan.groups(step).nodes)
+            sent = self.count.hierarchical + self.count.cached - seen
+            self.count.independent += sent * n // len(plan.groups(step).nodes)
             return out
 
         def count_rows(executor, x, *args, **kwargs):
             self.count.hierarchical += int(x.shape[0])  # what reaches the network, whoever calls it
             return executor(x, *args, **kwargs)
 
-        options = comfy.model_patcher.create_model_options_clone(self.model_options)
-        for wrapper_type, wrapper in (
+        def answered_by_cache(rows: int) -> None:
+            # counted on their way to the network, which the cache then spared them
+            self.count.hierarchical -= rows
+            self.count.cached += rows
+
+        wrappers = [
             (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, group_rows),
             (comfy.patcher_extension.WrappersMP.APPLY_MODEL, count_rows),
             (comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, self._prepare_for_batch),
-        ):
+        ]
+        self._cached_model = None
+        if cache is not None:
+            channels = self.model_patcher.model.latent_format.latent_channels
+            self._cached_model = CachedDiffusionModel(cache, channels, answered_by_cache)
+            wrappers.append((comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, self._cached_model))
+        for wrapper_type, wrapper in wrappers:
             comfy.patcher_extension.add_wrapper_with_key(
                 wrapper_type, "hierdiff", wrapper, options, is_model_options=True
             )
@@ -340,7 +370,21 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         conds, model, model_options, conditioner, executor = self._context
         padding = text_padding(model, tuple(x.shape))  # a text mask spans the call's image tokens too
         grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts, padding) for c in conds]
-        return executor(model, grouped, x, sigma, model_options)
+        if self._cached_model is None:
+            return executor(model, grouped, x, sigma, model_options)
+        self._cached_model.nodes = nodes
+        try:
+            return executor(model, grouped, x, sigma, model_options)
+        finally:
+            self._cached_model.nodes = None
+
+    def _model_inputs(self, model, x: torch.Tensor, timestep: torch.Tensor, step: int) -> torch.Tensor:
+        """The network's latent input of each group active at ``step`` (G, C, ...), as ComfyUI's
+        ``apply_model`` scales and casts it: what the step cache compares from call to call."""
+        rows = torch.tensor(self.plan.groups(step).representatives, device=x.device)
+        sigma = timestep.index_select(0, rows.to(timestep.device)) if timestep.ndim else timestep
+        inputs = model.model_sampling.calculate_input(sigma, x.index_select(0, rows))
+        return inputs.to(model.manual_cast_dtype or model.get_dtype())
 
     def _per_row_model_conds(self, seed: int) -> dict[str, comfy.conds.CONDRegular]:
         """Per-prompt model inputs that ComfyUI cannot batch itself: unCLIP's ``y`` sums all the image

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""TEST MODELS: tiny joint-attention image models whose prompts differ in token length (Chroma), and
-tiny Lumina 2 / Z-Image, Qwen-Image, Flux.2 and HiDream networks for the families that are refused.
+"""TEST MODELS: a tiny joint-attention image model whose prompts differ in token length (Chroma); the
+families that refuse such prompts (Lumina 2 / Z-Image, Qwen-Image, Flux.2, HiDream) are in
+``tiny_llm_families.py``.
 
 Chroma ships as separate files, and each tiny one is written in the layout of the real file and loaded
 through the functions ComfyUI's loaders call:
@@ -17,15 +18,12 @@ through the functions ComfyUI's loaders call:
   does not pad, so every prompt keeps its own token count, as with the real encoder. The tiny widths
   reach ComfyUI's T5 through ``model_options`` (``t5xxl_model_config``), read from the file's metadata.
 
-The refused families (:data:`REFUSED`) are built in memory from their ComfyUI model config at a few
-thousand parameters: only their model class matters to the refusal, which is made before sampling.
 The files are generated once, deterministically, in ComfyUI's model folders. Their pictures are noise.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import comfy.model_detection
 import comfy.model_management
@@ -183,116 +181,3 @@ def load_text_encoder(path: str | None = None) -> comfy.sd.CLIP:
 def empty_latent(size: int = 8) -> dict:
     """What EmptySD3LatentImage gives (Chroma's latent: Flux's 16 channels) for an 8 x ``size`` image."""
     return {"samples": torch.zeros(1, 16, size, size)}
-
-
-# --- refused families --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RefusedFamily:
-    """A joint-attention family that cannot take prompts of different token lengths: its ComfyUI config
-    class, a tiny network config, its latent channels and token width."""
-
-    name: str
-    config_class: type
-    unet_config: dict
-    latent_channels: int
-    context_dim: int
-
-
-_LUMINA2 = {
-    "image_model": "lumina2",
-    "patch_size": 2,
-    "in_channels": 16,
-    "dim": 64,
-    "cap_feat_dim": 32,
-    "n_layers": 1,
-    "n_heads": 2,
-    "n_kv_heads": 2,
-    "axes_dims": [8, 12, 12],
-    "axes_lens": [300, 64, 64],
-    "n_refiner_layers": 1,
-}
-
-REFUSED: dict[str, RefusedFamily] = {
-    "lumina2": RefusedFamily(
-        "lumina2",
-        comfy.supported_models.Lumina2,
-        _LUMINA2,
-        16,
-        32,
-    ),
-    "z_image": RefusedFamily(
-        "z_image",
-        comfy.supported_models.ZImage,
-        {
-            **_LUMINA2,  # Z-Image is a Lumina 2 NextDiT with these settings on
-            "qk_norm": True,
-            "pad_tokens_multiple": 32,
-            "z_image_modulation": True,
-            "time_scale": 1000.0,
-        },
-        16,
-        32,
-    ),
-    "qwen_image": RefusedFamily(
-        "qwen_image",
-        comfy.supported_models.QwenImage,
-        {
-            "image_model": "qwen_image",
-            "patch_size": 2,
-            "in_channels": 64,
-            "out_channels": 16,
-            "num_layers": 1,
-            "attention_head_dim": 32,
-            "num_attention_heads": 2,
-            "joint_attention_dim": 32,
-            "axes_dims_rope": [8, 12, 12],
-        },
-        16,
-        32,
-    ),
-    "flux2": RefusedFamily(
-        "flux2",
-        comfy.supported_models.Flux2,
-        {
-            "image_model": "flux2",
-            "in_channels": 128,
-            "out_channels": 128,
-            "vec_in_dim": None,
-            "context_in_dim": 32,
-            "hidden_size": 64,
-            "mlp_ratio": 2.0,
-            "num_heads": 2,
-            "depth": 1,
-            "depth_single_blocks": 1,
-            "axes_dim": [8, 8, 8, 8],
-            "theta": 2000,
-            "patch_size": 1,
-            "qkv_bias": False,
-            "global_modulation": True,
-            "mlp_silu_act": True,
-            "ops_bias": False,
-            "default_ref_method": "index",
-            "ref_index_scale": 10.0,
-            "guidance_embed": True,
-        },
-        128,
-        32,
-    ),
-}
-
-
-def build_refused_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """The tiny ``family`` (a key of REFUSED) in float32 with weights drawn from ``seed``."""
-    spec = REFUSED[family]
-    model_config = spec.config_class(dict(spec.unet_config))
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({}, device=torch.device("cpu"))
-    initialise_parameters(model.diffusion_model, torch.Generator().manual_seed(seed))
-    _fill_norm_scales(model.diffusion_model)
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )

@@ -9,8 +9,8 @@ Specification:
   apply function in every case, the extra calls included;
 - at tau = 0 the result equals stock KSampler per prompt with the same patched model, also when a step
   takes several model calls (more prompts than max_batch);
-- patches that cannot follow a batch whose rows change (EasyCache, SelfAttentionGuidance) are refused
-  before the model runs, with one line naming the node; LazyCache runs.
+- patches that cannot follow a batch whose rows change (SelfAttentionGuidance) are refused before the
+  model runs, with one line naming the node; LazyCache runs (EasyCache: test_step_cache.py).
 """
 
 from __future__ import annotations
@@ -106,12 +106,6 @@ def test_lazy_cache_runs_and_measured_equals_the_model_counter(comfy):
 @pytest.mark.parametrize(
     ("node_id", "inputs", "message"),
     [
-        (
-            "EasyCache",
-            (0.2, 0.15, 0.95, False),
-            "EasyCache cannot feed a hierarchical sampler: it reuses model outputs per batch row, and the "
-            "rows change whenever groups split. Connect the MODEL before EasyCache, or use LazyCache",
-        ),
         (
             "SelfAttentionGuidance",
             (0.5, 2.0),

@@ -13,8 +13,8 @@ Specification:
 - a group's conditioning is, at each token position, the mean of the members whose own tokens reach it,
   as long as its longest member; with a 50 % target saving the model sees exactly the rows the plan
   counts, in one call per step;
-- families whose ComfyUI model cannot hide padded text (Lumina 2, Z-Image, Qwen-Image, Flux.2) refuse
-  prompts of different token lengths before the model runs, naming the family.
+- the families whose ComfyUI model cannot hide padded text (Lumina 2, Z-Image, Qwen-Image, Flux.2,
+  HiDream) are tested in test_llm_families.py.
 """
 
 from __future__ import annotations
@@ -213,39 +213,6 @@ def test_chroma_target_saving_counts_equal_the_plan(joint):
     assert f"measured: {2 * schedule.model_evaluations} latent rows" in line
 
 
-@pytest.mark.parametrize(
-    ("family", "name", "reason"),
-    [
-        ("lumina2", "Lumina2", "masks padded text only in the text refiner"),
-        ("z_image", r"ZImage \(Lumina2\)", "masks padded text only in the text refiner"),
-        ("qwen_image", "QwenImage", "does not use a text attention mask"),
-        ("flux2", "Flux2", "pads its text to 512 tokens at the front"),
-    ],
-)
-def test_families_that_cannot_mask_refuse_mixed_lengths_by_name(joint, family, name, reason):
-    from hierdiff_core.tree import build_tree
-
-    tiny = joint.module
-    spec = tiny.REFUSED[family]
-    generator = torch.Generator().manual_seed(0)
-    per_prompt = [[[torch.randn(1, count, spec.context_dim, generator=generator), {}]] for count in (5, 9, 5)]
-    stacked = joint.conditioning.stack_conditionings(per_prompt)
-    tree = build_tree(joint.conditioning.clustering_embeddings(stacked), prompts=PROMPTS)
-    prompt_set = joint.conditioning.PromptTreeSet(tree, tuple(PROMPTS), stacked, "sentence")
-    model, calls = recording(tiny.build_refused_model(family))
-    latent = {"samples": torch.zeros(1, spec.latent_channels, 8, 8)}
-    message = (
-        rf"prompt_tree input: its prompts encode to different token counts \(5 to 9\), and {name} models "
-        rf"cannot pad them to one length without changing the images \([^)]*{reason}"
-    )
-    with pytest.raises(ValueError, match=message):
-        joint.node_classes["HierKSampler"].execute(
-            model, prompt_set, per_prompt[0], latent, SEED, STEPS, CFG, "euler", "simple", 1.0,
-            "tau", 0.0, 64, "shared", "mean", "prompt_tree",
-        )  # fmt: skip
-    assert calls == []
-
-
 def test_chroma_hides_zero_padding_only_with_the_mask(joint):
     # The model alone: a prompt's tokens, then the same tokens followed by zero tokens, with and without
     # the text attention mask the samplers add. The mask makes the padding invisible; without it the
@@ -263,46 +230,6 @@ def test_chroma_hides_zero_padding_only_with_the_mask(joint):
         masked = network(x, timestep, padded, guidance, attention_mask=mask)
     assert_close(masked[:1], alone[:1], "Chroma, zero padding hidden by the mask")
     assert (masked[1:] - alone[1:]).abs().max() > 1e-2 * alone.abs().max(), "unmasked padding should show"
-
-
-def test_which_tokenizers_give_prompts_their_own_length(joint):
-    # ComfyUI's own tokenizers (bundled with ComfyUI, no download): Z-Image's and Qwen-Image's Qwen
-    # tokenizers do not pad, so their prompts differ in length; HiDream's T5 is fixed at 128 tokens (the
-    # model's c_crossattn) and its Llama tokens are padded to at least 128.
-    import comfy.text_encoders.hidream
-    import comfy.text_encoders.qwen_image
-    import comfy.text_encoders.z_image
-
-    short, long = PROMPTS[0], " ".join([PROMPTS[1]] * 12)
-    for tokenizer in (
-        comfy.text_encoders.z_image.ZImageTokenizer(),
-        comfy.text_encoders.qwen_image.QwenImageTokenizer(),
-    ):
-        counts = {
-            len(next(iter(tokenizer.tokenize_with_weights(text).values()))[0]) for text in (short, long)
-        }
-        assert len(counts) == 2, type(tokenizer).__name__
-    hidream = comfy.text_encoders.hidream.HiDreamTokenizer()
-    tokens = [hidream.tokenize_with_weights(text) for text in (short, long)]
-    assert [len(t["t5xxl"][0]) for t in tokens] == [128, 128]
-    assert len(tokens[0]["llama"][0]) == 128 < len(tokens[1]["llama"][0])
-
-
-def test_hidream_llama_states_of_different_lengths_are_refused_when_the_set_is_built(joint):
-    # What HiDream's encoder gives: T5 tokens (1, 128, C) and the Llama states (1, layers, L, C) as an
-    # extra, L above 128 for long prompts. Its model takes no text mask, so the set cannot be stacked.
-    generator = torch.Generator().manual_seed(0)
-    per_prompt = [
-        [[torch.randn(1, 128, 16, generator=generator),
-          {"conditioning_llama3": torch.randn(1, 2, length, 8, generator=generator)}]]
-        for length in (127, 179)
-    ]  # fmt: skip
-    message = (
-        r"conditioning extra 'conditioning_llama3' has different shapes for different prompts "
-        r"\(\(1, 2, 127, 8\) to \(1, 2, 179, 8\)\)"
-    )
-    with pytest.raises(ValueError, match=message):
-        joint.conditioning.stack_conditionings(per_prompt)
 
 
 def test_chroma_medoid_groups_take_a_member_at_its_own_length(joint):

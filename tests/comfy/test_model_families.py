@@ -8,9 +8,10 @@ row per active group whose pooled/adm input ``y`` is the group's mix:
 - Stable unCLIP (SD2.1) through the prior path: HierPriorEmbed -> PROMPT_TREE (prior space) ->
   HierKSampler equals stock sampling conditioned through ComfyUI's unCLIPConditioning node; a group's
   ``y`` is unCLIP's adm of its members' mean image embedding;
-- SD3 (MMDiT, pooled ``y`` + joint attention) and Flux (``guidance`` in the conditioning), for prompts
-  of one token length; prompts of different lengths are refused by model type (padding by repetition
-  is neutral for UNet cross-attention only, and SDXL stays exact with it);
+- SD3 (MMDiT, pooled ``y`` + joint attention) and Flux (``guidance`` in the conditioning); prompts of
+  different token lengths are exact on Flux (zero padding hidden by its text attention mask, with and
+  without reference latents) and SDXL (padding by repetition, neutral for UNet cross-attention), and
+  refused by model type on SD3;
 - a tree whose token width does not fit the model is refused on every family.
 """
 
@@ -297,14 +298,43 @@ def test_flux_guidance_in_the_conditioning_reaches_the_model(comfy):
         comfy.conditioning.stack_conditionings(mixed)
 
 
-@pytest.mark.parametrize(
-    ("family", "model_type", "token_counts"), [("sd3", "SD3", (154, 231)), ("flux", "Flux", (256, 512))]
-)
+@pytest.mark.parametrize("reference", [None, (5, 6)])
+def test_flux_prompts_of_different_token_lengths_are_exact_with_the_text_mask(comfy, reference):
+    # Flux's T5 pads to 256 tokens, so only long prompts differ (256, 512, 300 here). Its text tokens carry
+    # no position and its transformer takes an attention mask in every block: each call's groups are
+    # zero-padded to its longest and the padding hidden, over text, image and reference (Kontext) tokens.
+    extras = {"guidance": 2.0}
+    if reference is not None:
+        generator = torch.Generator().manual_seed(5)
+        extras["reference_latents"] = [torch.randn(1, 16, *reference, generator=generator)]
+    assert comfy.conditioning.text_padding(comfy.tiny.build_model("flux")).mode == "mask"
+    model, calls = recording(comfy.tiny.build_model("flux"))
+    per_prompt = [
+        comfy.tiny.conditioning("flux", seed, token_count=count, **extras)
+        for seed, count in enumerate((256, 512, 300))
+    ]
+    negative = comfy.tiny.conditioning("flux", 100, **extras)
+    latent = comfy.tiny.empty_latent("flux")
+    prompt_set = text_prompt_set(comfy, "flux", per_prompt, PROMPTS)
+    samples = hier_ksampler(comfy, model, prompt_set, negative, latent, cfg=3.0).args[0]["samples"]
+    image_tokens = (8 // 2) * (8 // 2) + (0 if reference is None else 3 * 3)
+    positive = [c for c in calls if c["chunks"] == [COND]]
+    assert len(positive) == STEPS, "every prompt in one call per step"
+    assert all(c["c"]["attention_mask"].shape == (N_PROMPTS, 1, 1, 512 + image_tokens) for c in positive)
+    for i, conditioning in enumerate(per_prompt):
+        reference_sample = stock_sample(
+            comfy, comfy.tiny.build_model("flux"), conditioning, negative, latent, cfg=3.0
+        )
+        assert_close(samples[i : i + 1], reference_sample, f"flux, prompt {i}, reference {reference}")
+
+
+@pytest.mark.parametrize(("family", "model_type", "token_counts"), [("sd3", "SD3", (154, 231))])
 def test_joint_attention_models_refuse_prompts_of_different_token_lengths_by_name(
     comfy, family, model_type, token_counts
 ):
-    # Repeating text tokens changes joint attention (text and image tokens in one softmax), so a padded
-    # prompt would not give what it gives alone: the sampler refuses before sampling.
+    # Repeating text tokens changes SD3's joint attention (text and image tokens in one softmax), and its
+    # MMDiT takes no text mask, so a padded prompt would not give what it gives alone: refused before
+    # sampling.
     per_prompt = [comfy.tiny.conditioning(family, i, token_count=t) for i, t in enumerate(token_counts)]
     prompt_set = text_prompt_set(comfy, family, per_prompt, PROMPTS[: len(token_counts)])
     assert prompt_set.conditioning[0][1]["hier_token_lengths"] == token_counts
@@ -326,3 +356,45 @@ def test_a_tree_from_another_text_encoder_is_refused_by_context_dimension(comfy,
     expected = comfy.tiny.CONTEXT_DIM
     with pytest.raises(ValueError, match=f"context dimension 48 but the MODEL expects {expected}"):
         hier_ksampler(comfy, model, prompt_set, narrow[0], latent, cfg=1.0)
+
+
+# --- families refused by type ------------------------------------------------------------------------
+
+UNSUPPORTED = {
+    "LTXV": {
+        "image_model": "ltxv", "num_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+        "cross_attention_dim": 32, "caption_channels": 16,
+    },
+    "HunyuanVideo15": {
+        "image_model": "hunyuan_video", "in_channels": 65, "out_channels": 32, "patch_size": [1, 1, 1],
+        "vec_in_dim": None, "axes_dim": [16, 56, 56], "meanflow": False, "context_in_dim": 16,
+        "hidden_size": 128, "mlp_ratio": 1.0, "num_heads": 1, "depth": 1, "depth_single_blocks": 1,
+        "theta": 256, "qkv_bias": True, "byt5": True, "guidance_embed": False,
+        "use_cond_type_embedding": True, "vision_in_dim": 1152,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config_class", "why"),
+    [
+        ("LTXV", "read the T5 encoder's integer attention mask"),
+        ("HunyuanVideo15", "condition on per-prompt inputs besides the text tokens"),
+    ],
+)
+def test_ltxv_and_hunyuan_video_are_refused_by_type_before_sampling(comfy, config_class, why):
+    from comfy import supported_models
+    from comfy.model_patcher import ModelPatcher
+
+    # ComfyUI's own model classes at a few thousand parameters: the refusal comes before they run.
+    model_config = getattr(supported_models, config_class)(dict(UNSUPPORTED[config_class]))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = ModelPatcher(model_config.get_model({}), torch.device("cpu"), torch.device("cpu"))
+    model, calls = recording(model)
+    per_prompt = [comfy.tiny.conditioning("flux", seed) for seed in range(N_PROMPTS)]
+    prompt_set = text_prompt_set(comfy, "flux", per_prompt, PROMPTS)
+    latent = {"samples": torch.zeros(1, model.get_model_object("latent_format").latent_channels, 1, 4, 4)}
+    message = rf"model: {config_class} \({type(model.model).__name__}\) models {why}"
+    with pytest.raises(ValueError, match=message):
+        hier_ksampler(comfy, model, prompt_set, per_prompt[0], latent, cfg=1.0)
+    assert calls == []
