@@ -256,6 +256,12 @@ def check_composable(model_options: dict) -> None:
                 "attention recorded from one model call, which holds the call's groups, not one row per "
                 "prompt. Remove it, or use PerturbedAttentionGuidance, which is evaluated per group"
             )
+        if getattr(function, "__qualname__", "").startswith("TemporalScoreRescaling."):
+            raise ValueError(
+                "TemporalScoreRescaling works on one latent row at a time: it tests the step's sigma, one "
+                "per row, as a single number (stock KSampler with a batch of two fails the same way), and a "
+                "hierarchical sampler runs the whole set as one batch. Remove it from the MODEL"
+            )
 
 
 def check_budget(mode: str, value: float) -> Budget:
