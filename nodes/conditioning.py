@@ -118,7 +118,26 @@ def _repeat_tokens(tensor: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def stack_conditionings(per_prompt: list[list]) -> list:
-    """Stack N single-prompt CONDITIONINGs ([[ (1, T_i, C), extras ]]) into one N-row entry.
+    """Stack N single-prompt CONDITIONINGs into one CONDITIONING of N-row entries, entry by entry.
+
+    Each prompt's CONDITIONING is [[ (1, T_i, C), extras ], ...] with the same number of entries K: one
+    for a plain encoding, one per keyframe for a CLIP with scheduled hooks (SetClipHooks with
+    schedule_clip; each entry's ``clip_start_percent``/``clip_end_percent`` say when it applies, the same
+    for every prompt encoded by that CLIP). Entry k of the result stacks entry k of every prompt (see
+    :func:`stack_entries`), so a group mixes each keyframe's conditioning and ComfyUI applies it in its
+    own range of steps, as for one prompt.
+    """
+    counts = sorted({len(conditioning) for conditioning in per_prompt})
+    if len(counts) > 1 or counts[0] == 0:
+        raise ValueError(
+            f"the prompts encode to different numbers of conditioning entries ({counts[0]} to {counts[-1]}); "
+            "hierarchical sampling needs the same for every prompt (one CLIP, no combined conditioning)"
+        )
+    return [stack_entries([conditioning[k] for conditioning in per_prompt]) for k in range(counts[0])]
+
+
+def stack_entries(entries: list[list]) -> list:
+    """Stack N single-row CONDITIONING entries ([ (1, T_i, C), extras ]) into one N-row entry.
 
     Nothing is padded: a row shorter than the longest keeps its tokens first and zeros after them,
     and ``extras[TOKEN_LENGTHS_KEY]`` records every T_i (mixing reads only a row's own tokens, see
@@ -126,13 +145,7 @@ def stack_conditionings(per_prompt: list[list]) -> list:
     token mask (``TEXT_MASK_EXTRA``) zero-filled like the tokens; other extras must agree across prompts.
     Prompts that share a CONDITIONING object share its values.
     """
-    for i, conditioning in enumerate(per_prompt):
-        if len(conditioning) != 1:
-            raise ValueError(
-                f"prompt {i + 1} encodes to {len(conditioning)} conditioning entries; "
-                "hierarchical sampling needs exactly one per prompt (no scheduled or combined conditioning)"
-            )
-    tensors = [c[0][0] for c in per_prompt]
+    tensors = [e[0] for e in entries]
     lengths = tuple(int(t.shape[1]) for t in tensors)
     longest = max(lengths)
     stacked = torch.cat(
@@ -142,8 +155,8 @@ def stack_conditionings(per_prompt: list[list]) -> list:
         ]
     )
     extras: dict = {}
-    for key, first in per_prompt[0][0][1].items():
-        values = [c[0][1].get(key) for c in per_prompt]
+    for key, first in entries[0][1].items():
+        values = [e[1].get(key) for e in entries]
         if isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == 1:
             if any(v is None for v in values):
                 raise ValueError(f"conditioning extra {key!r} is missing for some prompts")
@@ -170,7 +183,7 @@ def stack_conditionings(per_prompt: list[list]) -> list:
         else:
             raise ValueError(f"conditioning extra {key!r} differs between prompts and cannot be batched")
     extras[TOKEN_LENGTHS_KEY] = lengths
-    return [[stacked, extras]]
+    return [stacked, extras]
 
 
 # ComfyUI model classes (comfy.model_base) whose diffusion model hides text tokens named by an additive

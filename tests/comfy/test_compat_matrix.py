@@ -124,9 +124,11 @@ def seeded_per_call(model):
     return patched
 
 
-def lora_hooks_on_clip(comfy, keyframed: bool) -> Setup:
+def lora_hooks_on_clip(comfy, keyframed: bool, schedule_clip: bool = False) -> Setup:
     """CreateHookLora -> (keyframes) -> SetClipHooks: the LoRA patches the CLIP that encodes every prompt
-    and rides on the conditioning to patch the model while it samples, at keyframed strengths."""
+    and rides on the conditioning to patch the model while it samples, at keyframed strengths; with
+    ``schedule_clip`` the CLIP encodes each prompt once per keyframe too (scheduled conditioning: one
+    entry per keyframe, each for its range of steps)."""
     hooks = node(comfy, "CreateHookLora", lora_name=write_lora(comfy), strength_model=1.0, strength_clip=1.0)
     if keyframed:
         keyframes = node(comfy, "CreateHookKeyframe", strength_mult=1.0, start_percent=0.0)
@@ -134,7 +136,9 @@ def lora_hooks_on_clip(comfy, keyframed: bool) -> Setup:
             comfy, "CreateHookKeyframe", strength_mult=0.3, start_percent=0.5, prev_hook_kf=keyframes
         )
         hooks = node(comfy, "SetHookKeyframes", hooks=hooks, hook_kf=keyframes)
-    clip = node(comfy, "SetClipHooks", clip=comfy.clip, apply_to_conds=True, schedule_clip=False, hooks=hooks)
+    clip = node(
+        comfy, "SetClipHooks", clip=comfy.clip, apply_to_conds=True, schedule_clip=schedule_clip, hooks=hooks
+    )
     return Setup(comfy.model, clip, plain_latent())
 
 
@@ -183,6 +187,9 @@ CASES: dict[str, Callable[[Any], Setup]] = {
     ),
     "LoRA hooks on CLIP": lambda c: lora_hooks_on_clip(c, keyframed=False),
     "LoRA hooks on CLIP, keyframed": lambda c: lora_hooks_on_clip(c, keyframed=True),
+    "LoRA hooks on CLIP, keyframed, scheduled CLIP": lambda c: lora_hooks_on_clip(
+        c, keyframed=True, schedule_clip=True
+    ),
     "SetLatentNoiseMask": lambda c: Setup(c.model, c.clip, masked_latent()),
     "DifferentialDiffusion": lambda c: Setup(
         node(c, "DifferentialDiffusion", model=c.model, strength=1.0), c.clip, masked_latent()
@@ -281,3 +288,23 @@ def test_temporal_score_rescaling_is_refused_by_name_before_the_model_runs(comfy
     with pytest.raises(ValueError, match="TemporalScoreRescaling works on one latent row at a time"):
         hier_ksampler(comfy, setup, model, PROMPTS)
     assert counter["rows"] == 0
+
+
+def test_scheduled_clip_conditioning_keeps_one_entry_per_keyframe_in_every_group(comfy):
+    # Scheduled CLIP hooks encode every prompt once per keyframe: the prompt set holds one N-row entry per
+    # keyframe, each for its own range of steps, so a group's conditioning changes where its members' do.
+    scheduled = lora_hooks_on_clip(comfy, keyframed=True, schedule_clip=True)
+    tree = comfy.classes["HierPromptSetCluster"].execute(
+        [scheduled.clip], ["\n".join(PROMPTS)], ["ward"], ["clip_pooled"]
+    )
+    entries = tree.args[0].conditioning
+    assert [(e[1]["clip_start_percent"], e[1]["clip_end_percent"]) for e in entries] == [
+        (0.0, 0.5),
+        (0.5, 1.0),
+    ]
+    assert all(e[0].shape[0] == len(PROMPTS) for e in entries)
+    assert (entries[0][0] - entries[1][0]).abs().max() > 1e-3, "the keyframes must encode differently"
+    unscheduled = lora_hooks_on_clip(comfy, keyframed=True, schedule_clip=False)
+    one = hier_ksampler(comfy, scheduled, scheduled.model, PROMPTS).args[0]["samples"]
+    other = hier_ksampler(comfy, unscheduled, unscheduled.model, PROMPTS).args[0]["samples"]
+    assert (one - other).abs().max() > 1e-3 * other.abs().max()
