@@ -248,14 +248,9 @@ def check_sigmas(sigmas: torch.Tensor) -> None:
 def check_composable(model_options: dict) -> None:
     """Refuse the model patches that cannot follow a batch whose rows change as groups split, naming the
     node and what to use instead (docs/sampling.md, "Composing with other nodes")."""
-    # EasyCache is not refused: the sampler runs its rule on groups (nodes/step_cache.py).
+    # EasyCache and SelfAttentionGuidance are not refused: the sampler runs EasyCache's rule on groups
+    # (nodes/step_cache.py) and hands SAG one attention map per row (nodes/attention_guidance.py).
     for function in model_options.get("sampler_post_cfg_function", []):
-        if getattr(function, "__qualname__", "").startswith("SelfAttentionGuidance."):
-            raise ValueError(
-                "SelfAttentionGuidance cannot feed a hierarchical sampler: it blurs every latent row with "
-                "attention recorded from one model call, which holds the call's groups, not one row per "
-                "prompt. Remove it, or use PerturbedAttentionGuidance, which is evaluated per group"
-            )
         if getattr(function, "__qualname__", "").startswith("TemporalScoreRescaling."):
             raise ValueError(
                 "TemporalScoreRescaling works on one latent row at a time: it tests the step's sigma, one "

@@ -38,6 +38,7 @@ from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.step_cache import GroupStepCache
 from hierdiff_core.tree import build_tree
 
+from .attention_guidance import GroupedAttentionMaps
 from .checks import check_composable, check_sigmas
 from .conditioning import PromptTreeSet, group_model_conds, text_padding, token_length_parts, with_copies
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
@@ -297,6 +298,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         model_sampling = self.model_patcher.get_model_object("model_sampling")
         cache = None if self.easycache is None else self.easycache.cache(model_sampling, plan.tree)
         self._cache = cache
+        self._attention = GroupedAttentionMaps.find(options)
 
         def group_rows(executor, model, conds, x, timestep, model_options):
             # Every call on this run's N rows is grouped: the sampler's [positive, negative] and the
@@ -315,11 +317,16 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             if cache is not None:
                 inputs = self._model_inputs(model, x, timestep, step)
                 cache.begin(float(timestep.flatten()[0]), plan.groups(step).nodes, inputs)
+            if self._attention is not None:
+                self._attention.begin_step()
             try:
                 out = evaluator(step, x, timestep)
             finally:
                 if cache is not None:
                     cache.end()
+            if self._attention is not None:
+                groups = plan.groups(step)
+                self._attention.end_step(groups.nodes, groups.row_group)
             # Every group sends the same rows (its cond entries, areas, those in their timestep range),
             # so one row per prompt would have sent n / groups times as many.
             sent = self.count.hierarchical + self.count.cached - seen
@@ -370,11 +377,17 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         conds, model, model_options, conditioner, executor = self._context
         padding = text_padding(model, tuple(x.shape))  # a text mask spans the call's image tokens too
         grouped = [group_model_conds(c, conditioner, step, nodes, self.n_prompts, padding) for c in conds]
+
+        def call() -> list[torch.Tensor]:
+            if self._attention is None:
+                return executor(model, grouped, x, sigma, model_options)
+            return self._attention.record(nodes, lambda: executor(model, grouped, x, sigma, model_options))
+
         if self._cached_model is None:
-            return executor(model, grouped, x, sigma, model_options)
+            return call()
         self._cached_model.nodes = nodes
         try:
-            return executor(model, grouped, x, sigma, model_options)
+            return call()
         finally:
             self._cached_model.nodes = None
 

@@ -195,6 +195,9 @@ CASES: dict[str, Callable[[Any], Setup]] = {
         node(c, "DifferentialDiffusion", model=c.model, strength=1.0), c.clip, masked_latent()
     ),
     "Mahiro": lambda c: replace(patched(c, "Mahiro"), mixes_batch_rows=True),
+    "SelfAttentionGuidance": lambda c: replace(
+        patched(c, "SelfAttentionGuidance", scale=0.5, blur_sigma=2.0), rows_per_evaluation=3
+    ),
     "PerpNeg": lambda c: replace(
         patched(c, "PerpNeg", empty_conditioning=encode(c.clip, ""), neg_scale=1.0),
         mixes_batch_rows=True,

@@ -9,8 +9,8 @@ Specification:
   apply function in every case, the extra calls included;
 - at tau = 0 the result equals stock KSampler per prompt with the same patched model, also when a step
   takes several model calls (more prompts than max_batch);
-- patches that cannot follow a batch whose rows change (SelfAttentionGuidance) are refused before the
-  model runs, with one line naming the node; LazyCache runs (EasyCache: test_step_cache.py).
+- LazyCache runs (EasyCache: test_step_cache.py; SelfAttentionGuidance and the other core patches:
+  test_compat_matrix.py).
 """
 
 from __future__ import annotations
@@ -101,28 +101,6 @@ def test_lazy_cache_runs_and_measured_equals_the_model_counter(comfy):
     assert torch.isfinite(out.args[0]["samples"]).all()
     assert 0 < counter["rows"] <= 2 * Plan.from_json(out.args[1]).model_evaluations
     assert measured_rows(out)[0] == counter["rows"]
-
-
-@pytest.mark.parametrize(
-    ("node_id", "inputs", "message"),
-    [
-        (
-            "SelfAttentionGuidance",
-            (0.5, 2.0),
-            "SelfAttentionGuidance cannot feed a hierarchical sampler: it blurs every latent row with "
-            "attention recorded from one model call, which holds the call's groups, not one row per "
-            "prompt. Remove it, or use PerturbedAttentionGuidance, which is evaluated per group",
-        ),
-    ],
-)
-def test_patches_that_cannot_follow_splitting_rows_are_refused_before_the_model_runs(
-    comfy, node_id, inputs, message
-):
-    model, counter = counting(patched(comfy, node_id, *inputs))
-    with pytest.raises(ValueError) as refused:
-        hier_ksampler(comfy, model, PROMPTS)
-    assert str(refused.value) == message
-    assert counter["rows"] == 0
 
 
 def timestep_ranged_negative(comfy) -> list:
