@@ -24,6 +24,7 @@ import torch
 
 from hierdiff_core.schedule import BUDGET_MODES, Budget
 
+from .attention_guidance import SAG_PREFIX, GroupedAttentionMaps
 from .conditioning import PromptTreeSet, check_token_lengths
 from .prior import check_tree_matches_model
 
@@ -251,7 +252,14 @@ def check_composable(model_options: dict) -> None:
     # EasyCache and SelfAttentionGuidance are not refused: the sampler runs EasyCache's rule on groups
     # (nodes/step_cache.py) and hands SAG one attention map per row (nodes/attention_guidance.py).
     for function in model_options.get("sampler_post_cfg_function", []):
-        if getattr(function, "__qualname__", "").startswith("TemporalScoreRescaling."):
+        name = getattr(function, "__qualname__", "")
+        if name.startswith(SAG_PREFIX) and GroupedAttentionMaps.find(model_options) is None:
+            raise ValueError(
+                "SelfAttentionGuidance: this ComfyUI's version of it keeps its attention map where the "
+                "hierarchical sampler cannot hand it one map per prompt row, so each row would be blurred "
+                "with another group's map. Remove it, or use PerturbedAttentionGuidance"
+            )
+        if name.startswith("TemporalScoreRescaling."):
             raise ValueError(
                 "TemporalScoreRescaling works on one latent row at a time: it tests the step's sigma, one "
                 "per row, as a single number (stock KSampler with a batch of two fails the same way), and a "

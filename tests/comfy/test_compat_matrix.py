@@ -311,3 +311,15 @@ def test_scheduled_clip_conditioning_keeps_one_entry_per_keyframe_in_every_group
     one = hier_ksampler(comfy, scheduled, scheduled.model, PROMPTS).args[0]["samples"]
     other = hier_ksampler(comfy, unscheduled, unscheduled.model, PROMPTS).args[0]["samples"]
     assert (one - other).abs().max() > 1e-3 * other.abs().max()
+
+
+def test_self_attention_guidance_whose_map_cannot_be_handed_per_row_is_refused(comfy):
+    # Should a ComfyUI keep SAG's attention map elsewhere (here its recording attention is replaced), the
+    # sampler could not give each row its group's map: refused before the model runs, never mis-blurred.
+    setup = patched(comfy, "SelfAttentionGuidance", scale=0.5, blur_sigma=2.0)
+    model = setup.model.clone()
+    model.set_model_attn1_replace(lambda q, k, v, extra_options: q, "middle", 0, 0)
+    model, counter = counting(model)
+    with pytest.raises(ValueError, match="^SelfAttentionGuidance: this ComfyUI's version of it keeps"):
+        hier_ksampler(comfy, setup, model, PROMPTS)
+    assert counter["rows"] == 0
