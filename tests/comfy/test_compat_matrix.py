@@ -34,6 +34,8 @@ import torch
 from hierdiff_core.schedule import Plan
 from hierdiff_dev.expect import assert_close, counting, measured_rows
 
+pytestmark = pytest.mark.slow  # about 110 sampling runs: minutes on the CPU
+
 PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
 SET_WITH_SPLITS = [
     "a red cat on a sofa",
