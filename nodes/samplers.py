@@ -57,6 +57,11 @@ class HierLatent(CacheSized):
     copies: int = 1
 
 
+DEFAULT_TARGET_SAVING = 0.05
+"""budget_value's default: the largest target saving measured to keep attribute accuracy within 2 points of
+independent sampling on held-out prompt sets of the trained shapes model (tools/bench_budget_defaults.py,
+docs/fidelity.md). A saved workflow keeps its own value: budget_value is a required widget."""
+
 MAX_IMAGES_PER_PROMPT = 64
 """Most variations per prompt: every one is a latent row held through the whole run."""
 
@@ -68,15 +73,24 @@ def budget_inputs() -> list:
             options=list(BUDGET_MODES),
             default="target_saving",
             tooltip="How much to share: a target fraction of model evaluations saved, the raw "
-            "threshold tau (0 = ordinary sampling), or model evaluations per image.",
+            "threshold tau (0 = ordinary sampling), or model evaluations per image. Sharing may change "
+            "what the first steps decide, the place and size of things first; colour and background are "
+            "decided late and keep. Measured on held-out sets of the trained shapes model "
+            "(docs/fidelity.md): at a 50 % saving 57 % of places and 93 % of sizes stay right, 97 % of "
+            "colours and every background.",
         ),
         io.Float.Input(
             "budget_value",
-            default=0.5,
+            default=DEFAULT_TARGET_SAVING,
             min=0.0,
             max=10000.0,
             step=0.01,
-            tooltip="The value for the chosen budget, e.g. 0.5 = save half the evaluations.",
+            tooltip="The value for the chosen budget; for target_saving the fraction of model evaluations "
+            "saved (0.5 = half). Two prompts that share their first 6 of 20 steps keep their own place 62 % "
+            "of the time and their own size 92 %; sharing 10, 25 % and 62 %; colour and background stay "
+            "theirs after 14. The default, 0.05, keeps attribute accuracy within 1.4 points of independent "
+            "sampling on held-out shapes sets (prompt_tree; 0.1: -2.5, 0.25: -6.0, 0.5: -11.1); with "
+            "tree_from = first_step, 0.1 costs 0.2 points.",
         ),
     ]
 
@@ -164,10 +178,13 @@ def tree_input() -> io.Combo.Input:
         options=list(TREE_SOURCES),
         default="prompt_tree",
         optional=True,
-        tooltip="prompt_tree: share along the prompt tree as given (text embeddings, as published). "
-        "first_step: one model evaluation per prompt on the seed's noise first, then cluster on what "
-        "the model predicts there: prompts that differ in what early steps decide (layout, place) "
-        "split early. Costs one evaluation per image, counted in the budget.",
+        tooltip="prompt_tree: share along the prompt tree as given (text embeddings, as published); "
+        "prompts that differ only in the place or size of things merge early, and sharing moves those "
+        "first. first_step: one model evaluation per prompt on the seed's noise first, then cluster on "
+        "what the model predicts there: prompts that differ in what early steps decide (place, size) "
+        "split early. Costs one evaluation per image, counted in the budget. On held-out shapes sets: "
+        "attribute accuracy 99.8 % at a 10 % saving (prompt_tree 97.5 %), 95.6 % at 25 % (94.0 %), no "
+        "better from 35 % on.",
     )
 
 
