@@ -4,8 +4,8 @@
     .venv/bin/python tools/demo.py [--model trained|random] [--prompt-set NAME ... | --prompts FILE]
 
 Starts ComfyUI (``.comfyui/main.py --cpu``) on a free 127.0.0.1 port with this pack and the testkit in
-its custom_nodes, then queues the basic example workflow (example_workflows/hierdiff_basic.json: Prompt
-Set Cluster -> Hierarchical KSampler -> VAEDecode -> SaveImage, plus the Hierarchy Preview) once per
+its custom_nodes, then queues the basic example workflow ("Image set, shared steps" in example_workflows/:
+Prompt Set Cluster -> Hierarchical KSampler -> VAEDecode -> SaveImage, plus the Hierarchy Preview) once per
 prompt set, waits for each through /history, writes the plan (plan.json) and the table of model
 evaluations and savings (savings.txt) beside the images and the dendrogram picture, prints where they
 all are, and stops the server.

@@ -25,6 +25,7 @@ in one browser session and writes a report; the tests below judge it:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -68,6 +69,7 @@ def object_info(comfy_server: ComfyServer) -> dict[str, dict]:
 
 
 SAVED_BEFORE_TREE_FROM = "hierdiff_basic_saved_before_tree_from"
+OLD_BUDGET_VALUE = 0.5  # budget_value's default before it was measured (docs/fidelity.md)
 
 
 def saved_without_last_widget(workflow: dict, name: str) -> dict:
@@ -103,11 +105,13 @@ def browser_report(comfy_server: ComfyServer, object_info, tmp_path_factory) -> 
         tiny = examples.on_tiny_model(workflow, steps=6, size=64)
         path.write_text(json.dumps(examples.build(tiny, object_info)))
         jobs.append({"name": f"{workflow.name}_tiny", "file": str(path), "run": True})
-    # The basic example as saved before the samplers' optional tree_from input existed.
+    # The basic example as saved before the samplers' optional tree_from input existed, when budget_value's
+    # default was OLD_BUDGET_VALUE: the saved value is in its widget values.
     basic = next(w for w in examples.workflows() if w.name == "hierdiff_basic")
-    older = saved_without_last_widget(
-        examples.build(examples.on_tiny_model(basic, steps=6, size=64), object_info), "tree_from"
-    )
+    tiny = examples.on_tiny_model(basic, steps=6, size=64)
+    tiny.nodes = [dataclasses.replace(n, widgets={**n.widgets, "budget_value": OLD_BUDGET_VALUE})
+                  if n.type == "HierKSampler" else n for n in tiny.nodes]  # fmt: skip
+    older = saved_without_last_widget(examples.build(tiny, object_info), "tree_from")
     older_path = work / f"{SAVED_BEFORE_TREE_FROM}.json"
     older_path.write_text(json.dumps(older))
     jobs.append({"name": SAVED_BEFORE_TREE_FROM, "file": str(older_path), "run": True})
@@ -187,6 +191,18 @@ def test_a_workflow_saved_before_tree_from_runs_with_its_default(browser_report)
     assert sampler["inputs"].get("tree_from", "prompt_tree") == "prompt_tree"
     # the saved widget values still land on their own inputs
     assert (sampler["inputs"]["budget"], sampler["inputs"]["conditioning_mix"]) == ("target_saving", "mean")
+
+
+def test_a_workflow_saved_with_the_old_budget_default_keeps_its_budget(browser_report, object_info) -> None:
+    """budget_value is a required widget, so a saved workflow holds its value and the frontend puts it back
+    by position (LGraphNode.configure); only widgets missing from the saved values take today's defaults."""
+    default = object_info["HierKSampler"]["input"]["required"]["budget_value"][1]["default"]
+    assert default != OLD_BUDGET_VALUE
+    run = runs(browser_report)[SAVED_BEFORE_TREE_FROM]
+    (sampler,) = [node for node in run["prompt"].values() if node["class_type"] == "HierKSampler"]
+    assert sampler["inputs"]["budget_value"] == OLD_BUDGET_VALUE
+    summaries = [e["summary"][0] for e in run["executed"] if e["summary"] and "images, " in e["summary"][0]]
+    assert summaries and all(s.endswith(", 50.0 % saved") for s in summaries), summaries
 
 
 def test_plans_are_drawn_on_screen_after_the_run(browser_report) -> None:
@@ -365,6 +381,147 @@ def test_our_extension_logs_no_errors(browser_report) -> None:
     ]  # fmt: skip
     ours += [e for e in browser_report["page_errors"] if OUR_SCRIPTS in e["stack"] + e["message"]]
     assert ours == []
+
+
+# ----- the example workflows as templates (tests/browser/templates.mjs) ------------------------------------
+
+# In a thumbnail, the committed JPEG and a photograph made now differ by at most this on average (0..255):
+# JPEG compression alone is about 2, the video example's output preview changes from run to run (7.7
+# measured right after regenerating it); a moved node or another layout goes well past this.
+MAX_THUMBNAIL_DIFFERENCE = 12.0
+# A plan widget in a thumbnail holds at least this many strongly coloured pixels (its tree's lines and
+# group-coloured labels; 60 on the smallest, the cluster's, at 1024 px; a view with nothing drawn is grey).
+MIN_TREE_PIXELS = 40
+SAMPLER_TYPES = ("HierKSampler", "HierSharedTrunkSampler", "HierGuider")
+
+
+@pytest.fixture(scope="module")
+def templates_report(comfy_server: ComfyServer, object_info, tmp_path_factory) -> dict:
+    if not CHROMIUM.exists() or not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("chromium or playwright-core is missing: run tools/setup_browser.sh", pytrace=False)
+    examples.prepare_server_dir(comfy_server.base_dir)
+    work = tmp_path_factory.mktemp("templates")
+    report = examples.run_templates_job(
+        examples.templates_job(comfy_server.url, object_info, EXAMPLES_DIR, work), work
+    )
+    if report.get("fatal"):
+        pytest.fail(
+            f"the browser session failed: {report['fatal']}\n{comfy_server.log_tail()}", pytrace=False
+        )
+    return report
+
+
+def template_runs(report: dict) -> dict[str, dict]:
+    return {entry["title"]: entry for entry in report["templates"]}
+
+
+def overlaps(boxes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of nodes whose boxes ([x, y, width, height], title bars included) share any area."""
+    pairs = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["box"], b["box"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                pairs.append((f"{a['type']} {a['id']}", f"{b['type']} {b['id']}"))
+    return pairs
+
+
+def coloured(pixels: np.ndarray) -> int:
+    """Strongly coloured pixels: the trees' lines (background, text and axes are greys)."""
+    channels = pixels.astype(int)
+    return int((channels.max(axis=-1) - channels.min(axis=-1) > 60).sum())
+
+
+def committed_thumbnail(title: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(EXAMPLES_DIR / f"{title}.jpg").convert("RGB"))
+
+
+def test_the_template_browser_shows_each_example_by_its_title_with_its_thumbnail(templates_report) -> None:
+    """ComfyUI's frontend 1.32 names a pack's template by its file name (title and description alike), so
+    the files are named for people; each card shows the committed thumbnail (the frontend hands it to the
+    card as a blob, so its size is what identifies it)."""
+    cards = {card["title"]: card for card in templates_report["browser"]["cards"]}
+    titles = [w.title for w in examples.workflows()]
+    assert sorted(cards) == sorted(titles)
+    for title in titles:
+        assert cards[title]["description"] == title
+        assert cards[title]["natural"][0] == examples.THUMBNAIL_WIDTH
+
+
+def test_each_template_has_a_note_saying_what_it_does_and_what_to_change(templates_report) -> None:
+    runs_by_title = template_runs(templates_report)
+    for workflow in examples.workflows():
+        (note,) = [n for n in runs_by_title[workflow.title]["loaded"] if n["type"] == examples.NOTE]
+        assert note["title"] == examples.NOTE_TITLE and note["text"] == workflow.note
+        assert "**Change**" in note["text"] and "budget_value" in note["text"]
+        box = note["note_box"]
+        assert box["blocks"] >= 3 and box["text_bottom"] <= box["height"], box  # shown whole
+
+
+def test_no_two_nodes_of_a_template_overlap(templates_report) -> None:
+    for title, run in template_runs(templates_report).items():
+        assert overlaps(run["loaded"]) == [], f"{title}, as loaded"
+        assert overlaps(run["after_run"]) == [], f"{title}, with its plans drawn"
+
+
+def test_each_thumbnail_is_the_graph_alone_as_the_frontend_draws_it_now(templates_report) -> None:
+    """Nothing but the canvas and the nodes' own widgets lies over the photographed region, which is inside
+    the canvas; the committed JPEG is that photograph (the same picture, scaled) and its edges are empty
+    canvas, where a menu, tab bar or button would show."""
+    from PIL import Image
+
+    for title, run in template_runs(templates_report).items():
+        assert run["run"]["status"] == "execution_success", run["run"]
+        assert run["drawn"]["waited"], run["drawn"]["states"]
+        assert run["chrome"] == [], f"{title}: {run['chrome']} over the graph"
+        clip, canvas = run["fit"]["clip"], run["fit"]["canvas"]
+        assert canvas["x"] <= clip["x"] and clip["x"] + clip["width"] <= canvas["x"] + canvas["width"]
+        assert canvas["y"] <= clip["y"] and clip["y"] + clip["height"] <= canvas["y"] + canvas["height"]
+        committed = committed_thumbnail(title)
+        height, width = committed.shape[:2]
+        assert width == examples.THUMBNAIL_WIDTH
+        assert height / width == pytest.approx(clip["height"] / clip["width"], abs=0.01)
+        now = np.asarray(Image.open(run["thumbnail"]).convert("RGB").resize((width, height), Image.LANCZOS))
+        difference = np.abs(now.astype(float) - committed).mean()
+        assert difference < MAX_THUMBNAIL_DIFFERENCE, (
+            f"{title}: {difference:.1f}; run tools/make_example_workflows.py --thumbnails"
+        )
+        background = np.median(now[:4].reshape(-1, 3), axis=0)
+        for edge in (committed[:6], committed[-6:], committed[:, :6], committed[:, -6:]):
+            near = (np.abs(edge.astype(float) - background).max(axis=-1) < 24).mean()
+            assert near > 0.9, f"{title}: an edge of the thumbnail is not empty canvas ({near:.2f})"
+
+
+def test_each_thumbnail_shows_the_trees_drawn(templates_report) -> None:
+    """In the photograph made now (its view boxes are of that run; the committed JPEG matches it, above),
+    every plan view holds a drawn tree."""
+    from PIL import Image
+
+    for title, run in template_runs(templates_report).items():
+        committed = np.asarray(Image.open(run["thumbnail"]).convert("RGB"))
+        scale = committed.shape[1] / run["fit"]["clip"]["width"]
+        views = run["views"]
+        assert {v["type"] for v in views} & set(SAMPLER_TYPES), title
+        for view in views:
+            x0, y0 = round(view["x"] * scale), round(view["y"] * scale)
+            x1, y1 = round((view["x"] + view["width"]) * scale), round((view["y"] + view["height"]) * scale)
+            region = committed[max(0, y0) : y1, max(0, x0) : x1]
+            assert coloured(region) >= MIN_TREE_PIXELS, (
+                f"{title}: no tree drawn on {view['type']} {view['node']}"
+            )
+
+
+def test_the_budget_tooltips_say_what_sharing_may_change(templates_report, object_info) -> None:
+    schema = object_info["HierKSampler"]["input"]
+    shown = {t["name"]: t["text"] for t in templates_report["tooltips"]}
+    for name in examples.TOOLTIP_WIDGETS:
+        section = "optional" if name == "tree_from" else "required"
+        assert shown[name] == schema[section][name][1]["tooltip"]  # the frontend shows the node's own
+        assert "place" in shown[name] and "size" in shown[name], name
+    default = schema["required"]["budget_value"][1]["default"]
+    assert f"default, {default:g}," in shown["budget_value"]
 
 
 def test_defaults_a_saved_workflow_may_lack_keep_what_it_did_and_the_budget_tooltips_say_what_may_change(
