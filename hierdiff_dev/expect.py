@@ -18,6 +18,19 @@ TOLERANCE = 1e-4
 batch-of-N and batch-of-1 runs of one prompt differ by about 4e-6 of the magnitude."""
 
 
+PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
+"""Three prompts far apart: at a 50 % target saving the tiny model's tree keeps them apart long."""
+SET_WITH_SPLITS = [
+    "a red cat on a sofa",
+    "a red cat on a chair",
+    "a blue dog in the snow",
+    "a blue dog on a beach",
+    "a green tree in a field",
+    "an old castle at night",
+]
+"""Six prompts in pairs: at a 50 % target saving groups form and split during the run."""
+
+
 def assert_close(actual: torch.Tensor, reference: torch.Tensor, what: str) -> float:
     """Equal shapes, and values within ``TOLERANCE`` of the reference's magnitude (at least 1); returns
     the difference relative to that magnitude."""

@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.supported_models
 import torch
 
-from .tiny_model import initialise_parameters
+from .tiny_model import cpu_patcher, initialise_parameters
 
 CONTEXT_DIM = 64
 """Width of every family's token conditioning (SDXL: CLIP-L+G; SD3: CLIP+T5; Flux: T5)."""
@@ -172,11 +172,7 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
         for buffer in model.diffusion_model.buffers():
             if buffer.is_floating_point():
                 buffer.copy_(torch.randn(buffer.shape, generator=generator, dtype=torch.float32))
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return cpu_patcher(model)
 
 
 def conditioning(family: str, seed: int, token_count: int | None = None, **extras) -> list:

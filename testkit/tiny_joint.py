@@ -36,7 +36,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from .tiny_model import initialise_parameters
+from .tiny_model import float32_patcher, initialise_parameters
 from .tiny_video import _ensure, _save
 
 GENERATOR_VERSION = 1  # bump when the generated weights change, so that stale files are never reused
@@ -120,14 +120,7 @@ def load_chroma_model(path: str | None = None) -> comfy.model_patcher.ModelPatch
     if (detected or {}).get("image_model") != "chroma":
         raise RuntimeError(f"{path}: ComfyUI's detection does not recognise Chroma weights ({detected})")
     model_config = _chroma_config_class(config, state_dict)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model(state_dict, "", device=torch.device("cpu"))
-    model.load_model_weights(state_dict, "")
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return float32_patcher(model_config, state_dict)
 
 
 # --- T5 text encoder (Chroma's) ----------------------------------------------------------------------

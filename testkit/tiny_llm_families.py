@@ -53,7 +53,7 @@ import folder_paths
 import torch
 
 from .tiny_joint import _fill_norm_scales
-from .tiny_model import initialise_parameters
+from .tiny_model import float32_patcher, initialise_parameters
 from .tiny_video import _ensure, _save
 
 GENERATOR_VERSION = 1  # bump when the generated weights change, so that stale files are never reused
@@ -328,14 +328,7 @@ def load_diffusion_model(family: str) -> comfy.model_patcher.ModelPatcher:
         if not issubclass(named, type(model_config)):
             raise RuntimeError(f"{path}: {named.__name__} is not a kind of {type(model_config).__name__}")
         model_config = named(dict(config))
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model(state_dict, "", device=torch.device("cpu"))
-    model.load_model_weights(state_dict, "")
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return float32_patcher(model_config, state_dict)
 
 
 # --- text encoders, loaded ---------------------------------------------------------------------------

@@ -290,6 +290,24 @@ def load_checkpoint(path: str) -> tuple[comfy.model_patcher.ModelPatcher, comfy.
     return patcher, clip, vae
 
 
+def cpu_patcher(model) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher for ``model`` (a ``comfy.model_base`` model) with ComfyUI's load and offload devices."""
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def float32_patcher(model_config, state_dict: dict) -> comfy.model_patcher.ModelPatcher:
+    """The diffusion model of ``model_config`` with ``state_dict``'s weights (no prefix), in float32, as
+    ``comfy.sd.load_diffusion_model`` builds one once it has the config."""
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(state_dict, "", device=torch.device("cpu"))
+    model.load_model_weights(state_dict, "")
+    return cpu_patcher(model)
+
+
 def load_tiny_model(
     checkpoint: str | None = None,
 ) -> tuple[comfy.model_patcher.ModelPatcher, comfy.sd.CLIP, comfy.sd.VAE]:

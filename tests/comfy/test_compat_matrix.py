@@ -32,20 +32,11 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
-from hierdiff_dev.expect import assert_close, counting, measured_rows
+from hierdiff_dev.expect import PROMPTS, SET_WITH_SPLITS, assert_close, counting, measured_rows
 
 pytestmark = pytest.mark.slow  # about 110 sampling runs: minutes on the CPU
 
-PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
-SET_WITH_SPLITS = [
-    "a red cat on a sofa",
-    "a red cat on a chair",
-    "a blue dog in the snow",
-    "a blue dog on a beach",
-    "a green tree in a field",
-    "an old castle at night",
-    "a red cat on a sofa",  # a duplicate of the first: one image to the end
-]
+SET_WITH_DUPLICATE = [*SET_WITH_SPLITS, SET_WITH_SPLITS[0]]  # the duplicate stays one image to the end
 SEED = 7
 STEPS = 6
 CFG = 7.0
@@ -274,11 +265,12 @@ def test_exact_at_tau_zero_and_measured_equals_the_counter(comfy, setup, max_bat
 
 def test_the_saving_holds_and_a_duplicate_stays_one_image(comfy, setup):
     model, counter = counting(setup.model)
-    out = hier_ksampler(comfy, setup, model, SET_WITH_SPLITS, budget="target_saving", value=0.5)
+    out = hier_ksampler(comfy, setup, model, SET_WITH_DUPLICATE, budget="target_saving", value=0.5)
     plan = Plan.from_json(out.args[1])
     assert plan.saving >= 0.45
     rows = setup.rows_per_evaluation * plan.model_evaluations
-    assert measured_rows(out) == (counter["rows"], setup.rows_per_evaluation * STEPS * len(SET_WITH_SPLITS))
+    independent = setup.rows_per_evaluation * STEPS * len(SET_WITH_DUPLICATE)
+    assert measured_rows(out) == (counter["rows"], independent)
     assert counter["rows"] == rows
     samples = out.args[0]["samples"]
     assert torch.equal(samples[0], samples[-1])

@@ -14,17 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from hierdiff_dev.expect import assert_close, counting
+from hierdiff_dev.expect import PROMPTS, SET_WITH_SPLITS, assert_close, counting
 
-PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
-SET_WITH_SPLITS = [
-    "a red cat on a sofa",
-    "a red cat on a chair",
-    "a blue dog in the snow",
-    "a blue dog on a beach",
-    "a green tree in a field",
-    "an old castle at night",
-]
 SEED = 7
 STEPS = 4
 LATENT = {"samples": torch.zeros(1, 4, 8, 8)}

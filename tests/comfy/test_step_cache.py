@@ -24,19 +24,11 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
-from hierdiff_dev.expect import assert_close, measured_rows
+from hierdiff_dev.expect import SET_WITH_SPLITS, assert_close, measured_rows
 
 SEED = 3
 STEPS = 12
 LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
-SET_WITH_SPLITS = [
-    "a red cat on a sofa",
-    "a red cat on a chair",
-    "a blue dog in the snow",
-    "a blue dog on a beach",
-    "a green tree in a field",
-    "an old castle at night",
-]
 EASYCACHE = (0.2, 0.15, 0.95, False)  # reuse_threshold, start_percent, end_percent, verbose (defaults)
 
 

@@ -20,18 +20,9 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
-from hierdiff_dev.expect import assert_close, counting, measured_rows
+from hierdiff_dev.expect import PROMPTS, SET_WITH_SPLITS, assert_close, counting, measured_rows
 
-PROMPTS = ["a red cat on a sofa", "a blue dog in the snow", "a green tree in a field"]
 PAIR = PROMPTS[:2]  # sampled at tau = 0 with max_batch 1 too: two model calls a step
-SET_WITH_SPLITS = [
-    "a red cat on a sofa",
-    "a red cat on a chair",
-    "a blue dog in the snow",
-    "a blue dog on a beach",
-    "a green tree in a field",
-    "an old castle at night",
-]
 LONG_PROMPT = " ".join(["a very detailed painting of a lighthouse on a cliff"] * 12)  # two CLIP chunks
 SEED = 7
 STEPS = 4
