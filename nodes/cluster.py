@@ -267,7 +267,9 @@ class HierPromptSetCluster(io.ComfyNode):
             description="Encodes every prompt and builds the hierarchy that the hierarchical samplers share.",
             is_input_list=True,
             inputs=[
-                io.Clip.Input("clip"),
+                io.Clip.Input(
+                    "clip", tooltip="The text encoder that encodes every prompt (as CLIP Text Encode does)."
+                ),
                 io.String.Input(
                     "prompts",
                     multiline=True,
@@ -288,8 +290,18 @@ class HierPromptSetCluster(io.ComfyNode):
                 ),
             ],
             outputs=[
-                PROMPT_TREE.Output(display_name="prompt_tree"),
-                io.String.Output(display_name="prompts", is_output_list=True),
+                PROMPT_TREE.Output(
+                    display_name="prompt_tree",
+                    tooltip="The prompts, their conditioning and their tree, for the hierarchical samplers.",
+                ),
+                io.String.Output(
+                    display_name="prompts",
+                    is_output_list=True,
+                    tooltip=(
+                        "The prompts as a list, one item per prompt, in order (for captions, file names, "
+                        "...)."
+                    ),
+                ),
             ],
         )
 

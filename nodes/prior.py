@@ -167,7 +167,9 @@ class HierPriorLoader(io.ComfyNode):
                     "prior_name", options=prior_names(), tooltip="A folder in models/unclip_priors/."
                 )
             ],
-            outputs=[HIER_PRIOR.Output(display_name="prior")],
+            outputs=[
+                HIER_PRIOR.Output(display_name="prior", tooltip="The loaded unCLIP prior, for Prior Embed.")
+            ],
         )
 
     @classmethod
@@ -189,21 +191,71 @@ class HierPriorEmbed(io.ComfyNode):
             "image-embedding space, conditioning an unCLIP model through its image input.",
             is_input_list=True,
             inputs=[
-                HIER_PRIOR.Input("prior"),
+                HIER_PRIOR.Input("prior", tooltip="The unCLIP prior from Prior Loader."),
                 io.Conditioning.Input(
                     "conditioning", tooltip="Base text conditioning shared by every prompt."
                 ),
                 io.String.Input("prompts", multiline=True, default="", tooltip="One prompt per line."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
-                io.Float.Input("prior_guidance", default=4.0, min=0.0, max=30.0, step=0.1),
-                io.Int.Input("prior_steps", default=25, min=1, max=200),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01),
-                io.Float.Input("noise_augmentation", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Combo.Input("linkage", options=list(METHODS), default="ward"),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip=(
+                        "The seed of every prompt's starting noise: each prompt starts from the noise "
+                        "KSampler draws for this seed and a batch of one, so at budget tau = 0 each image is "
+                        "KSampler's for that prompt."
+                    ),
+                ),
+                io.Float.Input(
+                    "prior_guidance",
+                    default=4.0,
+                    min=0.0,
+                    max=30.0,
+                    step=0.1,
+                    tooltip="The prior's classifier-free guidance scale.",
+                ),
+                io.Int.Input(
+                    "prior_steps", default=25, min=1, max=200, tooltip="The prior's sampling steps."
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-10.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip=(
+                        "How strongly each prompt's image embedding conditions the model (as "
+                        "unCLIPConditioning's strength)."
+                    ),
+                ),
+                io.Float.Input(
+                    "noise_augmentation",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="unCLIP noise augmentation of the image embeddings (as unCLIPConditioning's).",
+                ),
+                io.Combo.Input(
+                    "linkage",
+                    options=list(METHODS),
+                    default="ward",
+                    tooltip="How clusters of prompts merge into the tree (scipy linkage): ward, average, ...",
+                ),
             ],
             outputs=[
-                PROMPT_TREE.Output(display_name="prompt_tree"),
-                io.String.Output(display_name="prompts", is_output_list=True),
+                PROMPT_TREE.Output(
+                    display_name="prompt_tree",
+                    tooltip=(
+                        "The prompts, their image embeddings and their tree, for the hierarchical samplers."
+                    ),
+                ),
+                io.String.Output(
+                    display_name="prompts",
+                    is_output_list=True,
+                    tooltip="The prompts as a list, one item per prompt, in order.",
+                ),
             ],
         )
 

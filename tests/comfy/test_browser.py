@@ -544,3 +544,19 @@ def test_defaults_a_saved_workflow_may_lack_keep_what_it_did_and_the_budget_tool
     (basic,) = [w for w in examples.workflows() if w.name == "hierdiff_basic"]
     (sampler,) = [n for n in basic.nodes if n.type == "HierKSampler"]
     assert sampler.widgets["budget_value"] == 0.5
+
+
+def test_every_input_and_output_of_the_pack_has_a_tooltip(object_info) -> None:
+    ours = {n: i for n, i in object_info.items() if i["category"].startswith("sampling/hierarchical")}
+    assert len(ours) >= 10
+    missing = []
+    for name, info in ours.items():
+        for section in ("required", "optional"):
+            for input_name, spec in info["input"].get(section, {}).items():
+                if len(spec) < 2 or not spec[1].get("tooltip"):
+                    missing.append(f"{name}.{input_name}")
+        tooltips = info.get("output_tooltips") or []
+        for index, output_name in enumerate(info["output_name"]):
+            if index >= len(tooltips) or not tooltips[index]:
+                missing.append(f"{name} -> {output_name}")
+    assert missing == []
