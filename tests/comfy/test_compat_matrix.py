@@ -34,7 +34,7 @@ import torch
 from hierdiff_core.schedule import Plan
 from hierdiff_dev.expect import PROMPTS, SET_WITH_SPLITS, assert_close, counting, measured_rows
 
-pytestmark = pytest.mark.slow  # about 110 sampling runs: minutes on the CPU
+pytestmark = pytest.mark.slow  # about 200 sampling runs: minutes on the CPU
 
 SET_WITH_DUPLICATE = [*SET_WITH_SPLITS, SET_WITH_SPLITS[0]]  # the duplicate stays one image to the end
 SEED = 7
@@ -236,44 +236,36 @@ def stock_batch(setup: Setup, prompts: list[str]) -> torch.Tensor:
     )  # fmt: skip
 
 
-@pytest.fixture(params=list(CASES))
-def setup(request, comfy) -> Setup:
-    return CASES[request.param](comfy)
-
-
-def test_every_case_changes_the_pictures(comfy, setup):
-    # A patch that did nothing would make the matrix prove nothing (the noise mask is a patch too).
-    plain = Setup(comfy.model, comfy.clip, {"samples": setup.latent["samples"]})
-    reference = stock_per_prompt(comfy, plain, PROMPTS[0])
-    assert (stock_per_prompt(comfy, setup, PROMPTS[0]) - reference).abs().max() > 1e-3 * reference.abs().max()
-
-
-@pytest.mark.parametrize("max_batch", [64, 2])
-def test_exact_at_tau_zero_and_measured_equals_the_counter(comfy, setup, max_batch):
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_patch_is_exact_at_tau_zero_keeps_the_saving_and_is_measured(comfy, case):
+    setup = CASES[case](comfy)
     if setup.mixes_batch_rows:
         references = list(stock_batch(setup, PROMPTS))
     else:
         references = [stock_per_prompt(comfy, setup, p)[0] for p in PROMPTS]
-    model, counter = counting(setup.model)
-    out = hier_ksampler(comfy, setup, model, PROMPTS, max_batch=max_batch)
-    samples = out.args[0]["samples"]
-    for i, reference in enumerate(references):
-        assert_close(samples[i], reference, f"prompt {i}, max_batch {max_batch}")
+    # A patch that did nothing would make the row prove nothing (the noise mask is a patch too).
+    plain = stock_per_prompt(
+        comfy, Setup(comfy.model, comfy.clip, {"samples": setup.latent["samples"]}), PROMPTS[0]
+    )
+    assert (references[0] - plain[0]).abs().max() > 1e-3 * plain.abs().max(), "the patch changes nothing"
+
     rows = setup.rows_per_evaluation * STEPS * len(PROMPTS)
-    assert measured_rows(out) == (counter["rows"], rows) == (rows, rows)
+    for max_batch in (64, 2):
+        model, counter = counting(setup.model)
+        out = hier_ksampler(comfy, setup, model, PROMPTS, max_batch=max_batch)
+        for i, reference in enumerate(references):
+            assert_close(out.args[0]["samples"][i], reference, f"prompt {i}, max_batch {max_batch}")
+        assert measured_rows(out) == (counter["rows"], rows) == (rows, rows)
 
-
-def test_the_saving_holds_and_a_duplicate_stays_one_image(comfy, setup):
     model, counter = counting(setup.model)
     out = hier_ksampler(comfy, setup, model, SET_WITH_DUPLICATE, budget="target_saving", value=0.5)
     plan = Plan.from_json(out.args[1])
     assert plan.saving >= 0.45
-    rows = setup.rows_per_evaluation * plan.model_evaluations
     independent = setup.rows_per_evaluation * STEPS * len(SET_WITH_DUPLICATE)
     assert measured_rows(out) == (counter["rows"], independent)
-    assert counter["rows"] == rows
+    assert counter["rows"] == setup.rows_per_evaluation * plan.model_evaluations
     samples = out.args[0]["samples"]
-    assert torch.equal(samples[0], samples[-1])
+    assert torch.equal(samples[0], samples[-1]), "a duplicate must stay one image"
     assert not torch.equal(samples[0], samples[1])
 
 
