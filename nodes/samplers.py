@@ -173,7 +173,10 @@ def planner(budget: Budget):
 
     def plan_for(prompt_set: PromptTreeSet, steps: int, probe_evaluations: int) -> Plan:
         budget_for_run = check_budget_steps(budget, steps)
-        return plan(prompt_set.tree, steps, budget_for_run, probe_evaluations=probe_evaluations)
+        try:
+            return plan(prompt_set.tree, steps, budget_for_run, probe_evaluations=probe_evaluations)
+        except ValueError as error:  # a target the tree cannot reach: the message says the most it can
+            raise ValueError(f"budget_value: {error}") from error
 
     return plan_for
 

@@ -424,3 +424,16 @@ def test_a_branch_on_another_model_of_the_trunks_family_samples(comfy):
     samples, continued = out.args[0]["samples"], out.args[1]
     assert samples.shape == (len(PROMPTS), 4, 8, 8) and torch.isfinite(samples).all()
     assert continued.step == STEPS
+
+
+@pytest.mark.parametrize("node", ["HierKSampler", "HierSharedTrunkSampler"])
+def test_an_unreachable_target_saving_names_budget_value_and_the_most_it_can_save(comfy, node):
+    model, calls = counting(comfy.model)
+    message = (
+        r"^budget_value: target saving 0\.99 is not attainable for \d+ prompts in 4 steps: the maximum "
+        r"attainable saving is 0\.\d+ \([\d.]+ evaluations per image\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        tree, negative = sd15_tree(comfy), sd15_negative(comfy)
+        run_node(comfy, node, model, tree, negative, None, budget="target_saving", value=0.99)
+    assert calls == []
