@@ -257,6 +257,25 @@ def _join(rows: list[object]) -> object:
     return {k: _join([r[k] for r in rows]) for k in first}
 
 
+def linkage_input() -> io.Combo.Input:
+    """The linkage widget of the nodes that build a prompt tree (here and Prior Embed)."""
+    return io.Combo.Input(
+        "linkage",
+        options=list(METHODS),
+        default="ward",
+        tooltip="Agglomerative linkage over cosine distances (published default: ward).",
+    )
+
+
+def prompts_output() -> io.String.Output:
+    """The prompts output of the nodes that build a prompt tree, one item per prompt."""
+    return io.String.Output(
+        display_name="prompts",
+        is_output_list=True,
+        tooltip="The prompts as a list, one item per prompt, in order (for captions, file names, ...).",
+    )
+
+
 class HierPromptSetCluster(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -276,12 +295,7 @@ class HierPromptSetCluster(io.ComfyNode):
                     default="",
                     tooltip="One prompt per line; a list of strings from other nodes works too.",
                 ),
-                io.Combo.Input(
-                    "linkage",
-                    options=list(METHODS),
-                    default="ward",
-                    tooltip="Agglomerative linkage over cosine distances (published default: ward).",
-                ),
+                linkage_input(),
                 io.Combo.Input(
                     "embedding",
                     options=list(EMBEDDING_SOURCES),
@@ -294,14 +308,7 @@ class HierPromptSetCluster(io.ComfyNode):
                     display_name="prompt_tree",
                     tooltip="The prompts, their conditioning and their tree, for the hierarchical samplers.",
                 ),
-                io.String.Output(
-                    display_name="prompts",
-                    is_output_list=True,
-                    tooltip=(
-                        "The prompts as a list, one item per prompt, in order (for captions, file names, "
-                        "...)."
-                    ),
-                ),
+                prompts_output(),
             ],
         )
 

@@ -25,8 +25,8 @@ from comfy.model_base import unclip_adm
 from comfy_api.latest import io
 
 from hierdiff_core.prompts import prompts_from_input
-from hierdiff_core.tree import METHODS
 
+from .cluster import linkage_input, prompts_output
 from .conditioning import PromptTreeSet
 from .sockets import HIER_PRIOR, PROMPT_TREE, TREE_KEY
 
@@ -197,65 +197,35 @@ class HierPriorEmbed(io.ComfyNode):
                 ),
                 io.String.Input("prompts", multiline=True, default="", tooltip="One prompt per line."),
                 io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    tooltip=(
-                        "The seed of every prompt's starting noise: each prompt starts from the noise "
-                        "KSampler draws for this seed and a batch of one, so at budget tau = 0 each image is "
-                        "KSampler's for that prompt."
-                    ),
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="The prior's seed: each prompt's image embedding is what the prior samples for "
+                    "that prompt alone with this seed (it also seeds unCLIP's noise augmentation).",
                 ),
                 io.Float.Input(
-                    "prior_guidance",
-                    default=4.0,
-                    min=0.0,
-                    max=30.0,
-                    step=0.1,
+                    "prior_guidance", default=4.0, min=0.0, max=30.0, step=0.1,
                     tooltip="The prior's classifier-free guidance scale.",
                 ),
                 io.Int.Input(
                     "prior_steps", default=25, min=1, max=200, tooltip="The prior's sampling steps."
                 ),
                 io.Float.Input(
-                    "strength",
-                    default=1.0,
-                    min=-10.0,
-                    max=10.0,
-                    step=0.01,
-                    tooltip=(
-                        "How strongly each prompt's image embedding conditions the model (as "
-                        "unCLIPConditioning's strength)."
-                    ),
+                    "strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                    tooltip="How strongly each prompt's image embedding conditions the model (as "
+                    "unCLIPConditioning's strength).",
                 ),
                 io.Float.Input(
-                    "noise_augmentation",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
+                    "noise_augmentation", default=0.0, min=0.0, max=1.0, step=0.01,
                     tooltip="unCLIP noise augmentation of the image embeddings (as unCLIPConditioning's).",
                 ),
-                io.Combo.Input(
-                    "linkage",
-                    options=list(METHODS),
-                    default="ward",
-                    tooltip="How clusters of prompts merge into the tree (scipy linkage): ward, average, ...",
-                ),
+                linkage_input(),
             ],
             outputs=[
                 PROMPT_TREE.Output(
                     display_name="prompt_tree",
-                    tooltip=(
-                        "The prompts, their image embeddings and their tree, for the hierarchical samplers."
-                    ),
+                    tooltip="The prompts, their image embeddings and their tree, for the hierarchical "
+                    "samplers.",
                 ),
-                io.String.Output(
-                    display_name="prompts",
-                    is_output_list=True,
-                    tooltip="The prompts as a list, one item per prompt, in order.",
-                ),
+                prompts_output(),
             ],
         )
 

@@ -120,52 +120,89 @@ def engine_inputs() -> list:
     ]
 
 
+# The sockets several sampler nodes share, each made in one place (with its tooltip).
+
+
+def model_input() -> io.Model.Input:
+    return io.Model.Input(
+        "model", tooltip="The diffusion model, patched as for KSampler (LoRAs, FreeU, EasyCache, ...)."
+    )
+
+
+def prompt_tree_input() -> io.Input:
+    return PROMPT_TREE.Input(
+        "prompt_tree", tooltip="The prompts and their tree, from Prompt Set Cluster (or Prior Embed)."
+    )
+
+
+def negative_input() -> io.Conditioning.Input:
+    return io.Conditioning.Input("negative", tooltip="The negative conditioning, one for every prompt.")
+
+
+def cfg_input() -> io.Float.Input:
+    return io.Float.Input(
+        "cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+        tooltip="Classifier-free guidance scale, as in KSampler.",
+    )  # fmt: skip
+
+
+def sampler_name_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "sampler_name",
+        options=comfy.samplers.KSampler.SAMPLERS,
+        tooltip="Any ComfyUI sampler; stochastic ones draw each group's noise from the seed and the group.",
+    )
+
+
+def end_at_step_input() -> io.Int.Input:
+    return io.Int.Input(
+        "end_at_step", default=MAX_STEPS, min=1, max=MAX_STEPS,
+        tooltip="The step this node stops at (the trunk) or runs to (the branch); the rest is left to the "
+        "next sampler.",
+    )  # fmt: skip
+
+
+def latent_output() -> io.Latent.Output:
+    return io.Latent.Output(
+        display_name="LATENT",
+        tooltip="One latent per prompt (and per variation), in the order of the prompts.",
+    )
+
+
+def hier_latent_output() -> io.Output:
+    return HIER_LATENT.Output(
+        display_name="hier_latent",
+        tooltip="Every group's latent at the step this node stopped, for Branch Sampler.",
+    )
+
+
+def plan_output() -> io.String.Output:
+    return io.String.Output(
+        display_name="plan",
+        tooltip="The plan as JSON: the tree, the steps each group shares and the evaluations it costs.",
+    )
+
+
 def sampling_inputs() -> list:
     return [
         io.Int.Input(
-            "seed",
-            default=0,
-            min=0,
-            max=0xFFFFFFFFFFFFFFFF,
-            control_after_generate=True,
-            tooltip=(
-                "The seed of every prompt's starting noise: each prompt starts from the noise KSampler draws "
-                "for this seed and a batch of one, so at budget tau = 0 each image is KSampler's for that "
-                "prompt."
-            ),
+            "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+            tooltip="The seed of every prompt's starting noise: each prompt starts from the noise KSampler "
+            "draws for this seed and a batch of one, so at budget tau = 0 each image is KSampler's for "
+            "that prompt.",
         ),
         io.Int.Input(
-            "steps",
-            default=20,
-            min=1,
-            max=MAX_STEPS,
-            tooltip=(
-                "Sampling steps of the whole run. Groups share the early ones and split later, as the budget "
-                "plans."
-            ),
+            "steps", default=20, min=1, max=MAX_STEPS,
+            tooltip="Sampling steps of the whole run. Groups share the early ones and split later, as the "
+            "budget plans.",
         ),
-        io.Float.Input(
-            "cfg",
-            default=8.0,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            round=0.01,
-            tooltip="Classifier-free guidance scale, as in KSampler.",
-        ),
+        cfg_input(),
+        sampler_name_input(),
         io.Combo.Input(
-            "sampler_name",
-            options=comfy.samplers.KSampler.SAMPLERS,
-            tooltip=(
-                "Any ComfyUI sampler; stochastic ones draw each group's noise from the seed and the group."
-            ),
-        ),
-        io.Combo.Input(
-            "scheduler",
-            options=comfy.samplers.KSampler.SCHEDULERS,
+            "scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
             tooltip="Any ComfyUI scheduler: the sigmas of the steps.",
         ),
-    ]
+    ]  # fmt: skip
 
 
 def planner(budget: Budget):
@@ -341,40 +378,17 @@ def sample_trunk(
 
 def trunk_inputs(*, end_at_step: bool) -> list:
     """The inputs the all-in-one and the trunk sampler share (the trunk also stops at end_at_step)."""
-    stop = (
-        [
-            io.Int.Input(
-                "end_at_step",
-                default=MAX_STEPS,
-                min=1,
-                max=MAX_STEPS,
-                tooltip=(
-                    "The step this node stops at (the trunk) or runs to (the branch); the rest is left to "
-                    "the next sampler."
-                ),
-            )
-        ]
-        if end_at_step
-        else []
-    )
+    stop = [end_at_step_input()] if end_at_step else []
     return [
-        io.Model.Input(
-            "model", tooltip="The diffusion model, patched as for KSampler (LoRAs, FreeU, EasyCache, ...)."
-        ),
-        PROMPT_TREE.Input(
-            "prompt_tree", tooltip="The prompts and their tree, from Prompt Set Cluster (or Prior Embed)."
-        ),
-        io.Conditioning.Input("negative", tooltip="The negative conditioning, one for every prompt."),
+        model_input(),
+        prompt_tree_input(),
+        negative_input(),
         io.Latent.Input("latent_image", tooltip="An empty latent of batch 1: it sets the size."),
         *sampling_inputs(),
         io.Float.Input(
-            "denoise",
-            default=1.0,
-            min=0.0,
-            max=1.0,
-            step=0.01,
+            "denoise", default=1.0, min=0.0, max=1.0, step=0.01,
             tooltip="As in KSampler: below 1, the steps start part way, from the latent image.",
-        ),
+        ),  # fmt: skip
         *budget_inputs(),
         *stop,
         *engine_inputs(),
@@ -392,60 +406,18 @@ class HierKSampler(io.ComfyNode):
             category="sampling/hierarchical",
             description="Samples one image per prompt of a prompt tree, sharing early steps within clusters.",
             inputs=trunk_inputs(end_at_step=False),
-            outputs=[
-                io.Latent.Output(
-                    display_name="LATENT",
-                    tooltip="One latent per prompt (and per variation), in the order of the prompts.",
-                ),
-                io.String.Output(
-                    display_name="plan",
-                    tooltip=(
-                        "The plan as JSON: the tree, the steps each group shares and the evaluations it "
-                        "costs."
-                    ),
-                ),
-            ],
+            outputs=[latent_output(), plan_output()],
         )
 
     @classmethod
     def execute(
-        cls,
-        model,
-        prompt_tree,
-        negative,
-        latent_image,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        denoise,
-        budget,
-        budget_value,
-        max_batch,
-        noise_mode,
-        conditioning_mix,
-        tree_from="prompt_tree",
-        images_per_prompt=1,
+        cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+        budget, budget_value, max_batch, noise_mode, conditioning_mix,
+        tree_from="prompt_tree", images_per_prompt=1,
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
-            model,
-            prompt_tree,
-            negative,
-            latent_image,
-            seed,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
-            denoise,
-            budget,
-            budget_value,
-            MAX_STEPS,
-            max_batch,
-            noise_mode,
-            conditioning_mix,
-            tree_from,
+            model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+            budget, budget_value, MAX_STEPS, max_batch, noise_mode, conditioning_mix, tree_from,
             images_per_prompt,
         )
         return io.NodeOutput({"samples": hier.samples}, plan_json, ui=ui)
@@ -460,61 +432,18 @@ class HierSharedTrunkSampler(io.ComfyNode):
             category="sampling/hierarchical",
             description="Runs a prompt tree's shared early steps to end_at_step; Branch Sampler continues.",
             inputs=trunk_inputs(end_at_step=True),
-            outputs=[
-                HIER_LATENT.Output(
-                    display_name="hier_latent",
-                    tooltip="Every group's latent at the step this node stopped, for Branch Sampler.",
-                ),
-                io.String.Output(
-                    display_name="plan",
-                    tooltip=(
-                        "The plan as JSON: the tree, the steps each group shares and the evaluations it "
-                        "costs."
-                    ),
-                ),
-            ],
+            outputs=[hier_latent_output(), plan_output()],
         )
 
     @classmethod
     def execute(
-        cls,
-        model,
-        prompt_tree,
-        negative,
-        latent_image,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        denoise,
-        budget,
-        budget_value,
-        end_at_step,
-        max_batch,
-        noise_mode,
-        conditioning_mix,
-        tree_from="prompt_tree",
-        images_per_prompt=1,
+        cls, model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+        budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix,
+        tree_from="prompt_tree", images_per_prompt=1,
     ) -> io.NodeOutput:
         hier, plan_json, ui = sample_trunk(
-            model,
-            prompt_tree,
-            negative,
-            latent_image,
-            seed,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
-            denoise,
-            budget,
-            budget_value,
-            end_at_step,
-            max_batch,
-            noise_mode,
-            conditioning_mix,
-            tree_from,
+            model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+            budget, budget_value, end_at_step, max_batch, noise_mode, conditioning_mix, tree_from,
             images_per_prompt,
         )
         return io.NodeOutput(hier, plan_json, ui=ui)
@@ -529,63 +458,18 @@ class HierBranchSampler(io.ComfyNode):
             category="sampling/hierarchical",
             description="Continues a Shared Trunk Sampler's run, maybe with another model (LoRA, refiner).",
             inputs=[
-                io.Model.Input(
-                    "model",
-                    tooltip="The diffusion model, patched as for KSampler (LoRAs, FreeU, EasyCache, ...).",
-                ),
+                model_input(),
                 HIER_LATENT.Input(
                     "hier_latent",
-                    tooltip=(
-                        "The trunk's state from Shared Trunk Sampler: every group's latent at the step it "
-                        "stopped."
-                    ),
+                    tooltip="The trunk's state from Shared Trunk Sampler: every group's latent at the step "
+                    "it stopped.",
                 ),
-                io.Conditioning.Input("negative", tooltip="The negative conditioning, one for every prompt."),
-                io.Float.Input(
-                    "cfg",
-                    default=8.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Classifier-free guidance scale, as in KSampler.",
-                ),
-                io.Combo.Input(
-                    "sampler_name",
-                    options=comfy.samplers.KSampler.SAMPLERS,
-                    tooltip=(
-                        "Any ComfyUI sampler; stochastic ones draw each group's noise from the seed and the "
-                        "group."
-                    ),
-                ),
-                io.Int.Input(
-                    "end_at_step",
-                    default=MAX_STEPS,
-                    min=1,
-                    max=MAX_STEPS,
-                    tooltip=(
-                        "The step this node stops at (the trunk) or runs to (the branch); the rest is left "
-                        "to the next sampler."
-                    ),
-                ),
+                negative_input(),
+                cfg_input(),
+                sampler_name_input(),
+                end_at_step_input(),
             ],
-            outputs=[
-                io.Latent.Output(
-                    display_name="LATENT",
-                    tooltip="One latent per prompt (and per variation), in the order of the prompts.",
-                ),
-                HIER_LATENT.Output(
-                    display_name="hier_latent",
-                    tooltip="Every group's latent at the step this node stopped, for Branch Sampler.",
-                ),
-                io.String.Output(
-                    display_name="plan",
-                    tooltip=(
-                        "The plan as JSON: the tree, the steps each group shares and the evaluations it "
-                        "costs."
-                    ),
-                ),
-            ],
+            outputs=[latent_output(), hier_latent_output(), plan_output()],
         )
 
     @classmethod
@@ -628,24 +512,10 @@ class HierGuider(io.ComfyNode):
             description="A GUIDER for SamplerCustomAdvanced: any SAMPLER and SIGMAS, one image per prompt. "
             "Give SamplerCustomAdvanced a latent of batch 1.",
             inputs=[
-                io.Model.Input(
-                    "model",
-                    tooltip="The diffusion model, patched as for KSampler (LoRAs, FreeU, EasyCache, ...).",
-                ),
-                PROMPT_TREE.Input(
-                    "prompt_tree",
-                    tooltip="The prompts and their tree, from Prompt Set Cluster (or Prior Embed).",
-                ),
-                io.Conditioning.Input("negative", tooltip="The negative conditioning, one for every prompt."),
-                io.Float.Input(
-                    "cfg",
-                    default=8.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Classifier-free guidance scale, as in KSampler.",
-                ),
+                model_input(),
+                prompt_tree_input(),
+                negative_input(),
+                cfg_input(),
                 *budget_inputs(),
                 *engine_inputs(),
                 tree_input(),
@@ -653,10 +523,8 @@ class HierGuider(io.ComfyNode):
             ],
             outputs=[
                 io.Guider.Output(
-                    tooltip=(
-                        "A GUIDER for SamplerCustomAdvanced: it samples every prompt of the tree, sharing as "
-                        "planned."
-                    )
+                    tooltip="A GUIDER for SamplerCustomAdvanced: it samples every prompt of the tree, "
+                    "sharing as planned."
                 )
             ],
         )
