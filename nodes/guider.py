@@ -148,6 +148,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         self._context = None
         self._cache: GroupStepCache | None = None
         self._cached_model: CachedDiffusionModel | None = None
+        self._attention: GroupedAttentionMaps | None = None
         self.set_conds(prompt_set.conditioning, negative)
         self.set_cfg(cfg)
 
@@ -310,13 +311,14 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
                 self.count.independent += self.count.hierarchical + self.count.cached - seen
                 return out
             step = step_for_sigma(full_sigmas, float(timestep.flatten()[0]))
+            groups = plan.groups(step)
             positive = {entry.get("uuid") for entry in self.conds.get("positive") or []} - {None}
             conds = [_with_model_conds(c, row_conds) if _is_positive(c, positive) else c for c in conds]
             self._context = (conds, model, model_options, conditioner, executor)
             self.count.guided |= len(conds) > 1 and conds[1] is not None
             if cache is not None:
-                inputs = self._model_inputs(model, x, timestep, step)
-                cache.begin(float(timestep.flatten()[0]), plan.groups(step).nodes, inputs)
+                inputs = _model_inputs(model, x, timestep, groups.representatives)
+                cache.begin(float(timestep.flatten()[0]), groups.nodes, inputs)
             if self._attention is not None:
                 self._attention.begin_step()
             try:
@@ -325,12 +327,11 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
                 if cache is not None:
                     cache.end()
             if self._attention is not None:
-                groups = plan.groups(step)
                 self._attention.end_step(groups.nodes, groups.row_group)
             # Every group sends the same rows (its cond entries, areas, those in their timestep range),
             # so one row per prompt would have sent n / groups times as many.
             sent = self.count.hierarchical + self.count.cached - seen
-            self.count.independent += sent * n // len(plan.groups(step).nodes)
+            self.count.independent += sent * n // len(groups.nodes)
             return out
 
         def count_rows(executor, x, *args, **kwargs):
@@ -390,14 +391,6 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             return call()
         finally:
             self._cached_model.nodes = None
-
-    def _model_inputs(self, model, x: torch.Tensor, timestep: torch.Tensor, step: int) -> torch.Tensor:
-        """The network's latent input of each group active at ``step`` (G, C, ...), as ComfyUI's
-        ``apply_model`` scales and casts it: what the step cache compares from call to call."""
-        rows = torch.tensor(self.plan.groups(step).representatives, device=x.device)
-        sigma = timestep.index_select(0, rows.to(timestep.device)) if timestep.ndim else timestep
-        inputs = model.model_sampling.calculate_input(sigma, x.index_select(0, rows))
-        return inputs.to(model.manual_cast_dtype or model.get_dtype())
 
     def _per_row_model_conds(self, seed: int) -> dict[str, comfy.conds.CONDRegular]:
         """Per-prompt model inputs that ComfyUI cannot batch itself: unCLIP's ``y`` sums all the image
@@ -461,6 +454,15 @@ def first_step_tree(
     # Only the tree changes: embedding_space still says what the conditioning carries (prior-space sets
     # bring per-prompt unCLIP rows).
     return dataclasses.replace(prompt_set, tree=tree), probe.count
+
+
+def _model_inputs(model, x: torch.Tensor, timestep: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """The network's latent input of each group (G, C, ...), from its representative row of ``x`` (``rows``,
+    (G,)), as ComfyUI's ``apply_model`` scales and casts it: what the step cache compares between calls."""
+    index = torch.as_tensor(rows, device=x.device)
+    sigma = timestep.index_select(0, index.to(timestep.device)) if timestep.ndim else timestep
+    inputs = model.model_sampling.calculate_input(sigma, x.index_select(0, index))
+    return inputs.to(model.manual_cast_dtype or model.get_dtype())
 
 
 def _rows_at(positions: np.ndarray, *tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -5,7 +5,7 @@ EasyCache keeps one cached output difference per batch row and conditioning; a h
 one row per active group, and the groups change at every split, so its cache would neither fit nor mean
 the right rows. When a MODEL patched by EasyCache feeds a hierarchical sampler, the sampler samples a
 clone of it without EasyCache's own wrappers and applies the same rule with the same settings through
-:class:`hierdiff_core.step_cache.GroupStepCache`, whose state follows the tree (docs/composition.md,
+:class:`hierdiff_core.step_cache.GroupStepCache`, whose state follows the tree (docs/sampling.md,
 "Step caching").
 """
 
