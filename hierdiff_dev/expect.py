@@ -84,6 +84,21 @@ def counting(model: Any) -> tuple[Any, RowCounter]:
     return clone, RowCounter(calls)
 
 
+def network_counting(model: Any) -> tuple[Any, dict[str, int], Any]:
+    """A clone of ``model`` and a counter of the latent rows its network's first layer really computes
+    (below every wrapper, so rows a cache answers are not counted), and the hook's handle. The clone
+    shares the network, so the counter also sees the rows of other clones of it (an SD1-style UNet)."""
+    clone = model.clone()
+    counter = {"rows": 0}
+    first_layer = clone.model.diffusion_model.input_blocks[0][0]
+
+    def count(_module, inputs):
+        counter["rows"] += int(inputs[0].shape[0])
+
+    handle = first_layer.register_forward_pre_hook(count)
+    return clone, counter, handle
+
+
 def measured_rows(out: Any) -> tuple[int, int]:
     """(rows through the model, rows ordinary sampling would take) from a sampler node's measured line."""
     line = out.ui["hierdiff_measured"][0]

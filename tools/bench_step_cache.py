@@ -55,21 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="hierdiff-step-cache-"))
     prepare_comfy_imports(base)
     host = InProcessHost.start(base)
+    from hierdiff_dev.expect import network_counting
     from hierdiff_lab import checker, comfy_generation, held_out
     from testkit.tiny_model import load_tiny_model
 
     model, clip, vae = load_tiny_model(str(comfy_generation.TRAINED_CHECKPOINT))
+    # Rows counted in the network's first layer, which EasyCache's clone shares: both MODELs' rows.
+    model, rows, _ = network_counting(model)
     easycache = host.node_classes["EasyCache"].execute(
         model, args.reuse_threshold, args.start_percent, args.end_percent, False
     )
     models = {False: model, True: easycache.args[0]}
-    rows = {"count": 0}
-
-    def count(_module, inputs) -> None:
-        rows["count"] += len(inputs[0])
-
-    # EasyCache's clone shares the network, so one hook counts both MODELs' rows.
-    model.model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(count)
 
     lines = [
         "| set | seed | N | method | evals/image | wall s | accuracy | W/T/L vs stock |",
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         reference: np.ndarray | None = None
         for method in METHODS:
             cached = method.endswith("EasyCache")
-            rows["count"] = 0
+            rows["rows"] = 0
             started = time.perf_counter()
             if method.startswith("stock"):
                 generation = comfy_generation.independent_batch(models[cached], clip, vae, prompts, settings)
@@ -106,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             if reference is None:
                 reference = satisfied
             wins, ties = int((satisfied > reference).sum()), int((satisfied == reference).sum())
-            per_image = rows["count"] / (2 * len(prompts))
+            per_image = rows["rows"] / (2 * len(prompts))
             accuracy = float(satisfied.mean() / 5)
             totals[method].append((per_image, wall, accuracy))
             lines.append(

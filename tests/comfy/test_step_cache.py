@@ -24,26 +24,12 @@ import pytest
 import torch
 
 from hierdiff_core.schedule import Plan
-from hierdiff_dev.expect import SET_WITH_SPLITS, assert_close, measured_rows
+from hierdiff_dev.expect import SET_WITH_SPLITS, assert_close, measured_rows, network_counting
 
 SEED = 3
 STEPS = 12
 LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
 EASYCACHE = (0.2, 0.15, 0.95, False)  # reuse_threshold, start_percent, end_percent, verbose (defaults)
-
-
-def network_counting(model):
-    """A clone of ``model`` and a counter of the latent rows its network's first layer really computes
-    (below every wrapper, so rows a cache answers are not counted)."""
-    clone = model.clone()
-    counter = {"rows": 0}
-    first_layer = clone.model.diffusion_model.input_blocks[0][0]
-
-    def count(_module, inputs):
-        counter["rows"] += int(inputs[0].shape[0])
-
-    handle = first_layer.register_forward_pre_hook(count)
-    return clone, counter, handle
 
 
 @pytest.fixture
