@@ -24,7 +24,7 @@
 // second run's PNG is then opened in the page as a user would drop it.
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, openComfy } from "./comfy_page.mjs";
 
 const [jobFile, reportFile] = process.argv.slice(2);
 const job = JSON.parse(fs.readFileSync(jobFile, "utf8"));
@@ -32,14 +32,7 @@ const report = { console: [], page_errors: [], workflows: [], registered: [], re
 const RUN_TIMEOUT_MS = 120_000;
 let savedWorkflow = null;
 
-const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-});
+const browser = await launchChromium();
 // playwright gives each context a fresh, temporary profile (user data dir).
 const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
 const page = await context.newPage();
@@ -49,18 +42,7 @@ page.on("console", (m) => {
 page.on("pageerror", (e) => report.page_errors.push({ message: e.message, stack: e.stack ?? "" }));
 
 async function openApp() {
-    await page.goto(job.url, { waitUntil: "domcontentloaded" });
-    await page.waitForFunction(
-        () => window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler
-            && document.querySelector(".graph-canvas-container, canvas#graph-canvas"),
-        null, { timeout: 60_000 });
-    await page.evaluate(() => {
-        const api = window.comfyAPI.api.api;
-        window.__hierdiffEvents = [];
-        for (const type of ["execution_start", "execution_success", "execution_error", "executed"]) {
-            api.addEventListener(type, (e) => window.__hierdiffEvents.push({ type, detail: e.detail }));
-        }
-    });
+    await openComfy(page, job.url, () => document.querySelector(".graph-canvas-container, canvas#graph-canvas"));
 }
 
 // Pixels of a photograph: strongly coloured ones (the dendrogram's lines are saturated hues; the

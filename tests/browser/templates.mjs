@@ -20,7 +20,7 @@
 // hovered and its tooltip read and photographed (tooltip-NAME.png).
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, openComfy } from "./comfy_page.mjs";
 
 const [jobFile, reportFile] = process.argv.slice(2);
 const job = JSON.parse(fs.readFileSync(jobFile, "utf8"));
@@ -30,31 +30,13 @@ const VIEWPORT = { width: 1600, height: 1000 };
 // Canvas units of empty canvas kept around the graph in a thumbnail.
 const MARGIN = 24;
 
-const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-});
+const browser = await launchChromium();
 const context = await browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
 const page = await context.newPage();
 page.on("pageerror", (e) => report.page_errors.push({ message: e.message, stack: e.stack ?? "" }));
 
 async function openApp() {
-    await page.goto(job.url, { waitUntil: "domcontentloaded" });
-    await page.waitForFunction(
-        () => window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.KSampler
-            && window.comfyAPI.app.app.extensionManager?.setting,
-        null, { timeout: 60_000 });
-    await page.evaluate(() => {
-        const api = window.comfyAPI.api.api;
-        window.__hierdiffEvents = [];
-        for (const type of ["execution_start", "execution_success", "execution_error", "executed"]) {
-            api.addEventListener(type, (e) => window.__hierdiffEvents.push({ type, detail: e.detail }));
-        }
-    });
+    await openComfy(page, job.url, () => window.comfyAPI.app.app.extensionManager?.setting);
     await settle();
 }
 
