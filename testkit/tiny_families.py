@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.supported_models
 import torch
 
-from .tiny_model import cpu_patcher, initialise_parameters
+from .tiny_model import cpu_patcher, random_model
 
 CONTEXT_DIM = 64
 """Width of every family's token conditioning (SDXL: CLIP-L+G; SD3: CLIP+T5; Flux: T5)."""
@@ -158,10 +158,8 @@ def build_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """The tiny ``family`` model (a key of FAMILIES) in float32 with weights drawn from ``seed``."""
     spec = FAMILIES[family]
     model_config = spec.config_class(dict(spec.unet_config))
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({}, device=torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
-    initialise_parameters(model.diffusion_model, generator)
+    model = random_model(model_config, generator)
     with torch.no_grad():
         # RMSNorm scales (SD3/Flux query-key norms) are 1-D "scale" parameters: 1, like norm weights.
         for name, parameter in model.diffusion_model.named_parameters():

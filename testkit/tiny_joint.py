@@ -36,7 +36,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from .tiny_model import float32_patcher, initialise_parameters
+from .tiny_model import float32_patcher, initialise_parameters, random_model
 from .tiny_video import _ensure, _save
 
 GENERATOR_VERSION = 1  # bump when the generated weights change, so that stale files are never reused
@@ -95,9 +95,7 @@ def _fill_norm_scales(network: torch.nn.Module) -> None:
 def build_chroma_state_dict(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
     """The tiny Chroma as a diffusion-model file's state dict (float32)."""
     model_config = _chroma_config_class(CHROMA_CONFIG, {})
-    model_config.set_inference_dtype(torch.float32, None)
-    network = model_config.get_model({}, device=torch.device("cpu")).diffusion_model
-    initialise_parameters(network, torch.Generator().manual_seed(seed))
+    network = random_model(model_config, torch.Generator().manual_seed(seed)).diffusion_model
     _fill_norm_scales(network)
     return {key: value.to(torch.float32) for key, value in network.state_dict().items()}
 

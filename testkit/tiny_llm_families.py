@@ -53,7 +53,7 @@ import folder_paths
 import torch
 
 from .tiny_joint import _fill_norm_scales
-from .tiny_model import float32_patcher, initialise_parameters
+from .tiny_model import float32_patcher, initialise_parameters, random_model
 from .tiny_video import _ensure, _save
 
 GENERATOR_VERSION = 1  # bump when the generated weights change, so that stale files are never reused
@@ -288,9 +288,7 @@ def build_diffusion_state_dict(family: str, seed: int = DEFAULT_SEED) -> dict[st
     """The tiny ``family`` (a key of FAMILIES) as a diffusion-model file's state dict (float32)."""
     spec = FAMILIES[family]
     model_config = spec.config_class(dict(spec.unet_config))
-    model_config.set_inference_dtype(torch.float32, None)
-    network = model_config.get_model({}, device=torch.device("cpu")).diffusion_model
-    initialise_parameters(network, torch.Generator().manual_seed(seed))
+    network = random_model(model_config, torch.Generator().manual_seed(seed)).diffusion_model
     _fill_norm_scales(network)
     return {key: value.to(torch.float32).contiguous() for key, value in network.state_dict().items()}
 

@@ -135,6 +135,15 @@ def initialise_parameters(module: torch.nn.Module, generator: torch.Generator) -
                 parameter.zero_()
 
 
+def random_model(model_config, generator: torch.Generator):
+    """ComfyUI's model (``comfy.model_base``) of ``model_config`` in float32 on the CPU, its diffusion
+    network's parameters drawn from ``generator`` (:func:`initialise_parameters`)."""
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    initialise_parameters(model.diffusion_model, generator)
+    return model
+
+
 def _prefixed(prefix: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {
         prefix + key: tensor.detach().to(torch.float32).contiguous() for key, tensor in state_dict.items()
@@ -146,9 +155,7 @@ def build_state_dict(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
 
     model_config = comfy.supported_models.SD15(dict(UNET_CONFIG))
-    model_config.set_inference_dtype(torch.float32, None)
-    unet = model_config.get_model({}, device=torch.device("cpu")).diffusion_model
-    initialise_parameters(unet, generator)
+    unet = random_model(model_config, generator).diffusion_model
 
     text_model = comfy.sd1_clip.SDClipModel(
         device="cpu",

@@ -45,7 +45,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from .tiny_model import initialise_parameters
+from .tiny_model import initialise_parameters, random_model
 
 GENERATOR_VERSION = 1  # bump when the generated weights change, so that stale files are never reused
 DEFAULT_SEED = 20250715
@@ -134,9 +134,7 @@ def build_wan_state_dict(variant: str, seed: int = DEFAULT_SEED) -> dict[str, to
     """The tiny ``variant`` (a key of VARIANTS) as a diffusion-model file's state dict (float32)."""
     spec = VARIANTS[variant]
     model_config = spec.config_class(_wan_config(spec.latent_channels))
-    model_config.set_inference_dtype(torch.float32, None)
-    network = model_config.get_model({}, device=torch.device("cpu")).diffusion_model
-    initialise_parameters(network, torch.Generator().manual_seed(seed))
+    network = random_model(model_config, torch.Generator().manual_seed(seed)).diffusion_model
     return {key: value.to(torch.float32) for key, value in network.state_dict().items()}
 
 
