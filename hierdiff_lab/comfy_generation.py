@@ -14,7 +14,9 @@ import json
 import numpy as np
 import torch
 
-from .train import DEFAULT_OUTPUT as TRAINED_CHECKPOINT
+from .domains import DOMAINS
+
+TRAINED_CHECKPOINT = DOMAINS["shapes"].checkpoint  # the committed shapes model
 
 __all__ = [
     "TRAINED_CHECKPOINT",
@@ -23,6 +25,7 @@ __all__ = [
     "decode",
     "hierarchical",
     "independent_batch",
+    "x0_trajectory",
 ]
 
 
@@ -65,15 +68,19 @@ def decode(vae, latents: torch.Tensor) -> np.ndarray:
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def _batch_positive(clip, prompts: list[str]) -> list:
+    """One conditioning entry with a row per prompt, (N, 77, C)."""
+    conditionings = [_encode(clip, text)[0] for text in prompts]
+    positive = [[torch.cat([c[0] for c in conditionings]), {**conditionings[0][1]}]]
+    positive[0][1].pop("pooled_output", None)  # SD1.5 has no pooled conditioning input
+    return positive
+
+
 def independent_batch(model, clip, vae, prompts: list[str], settings: SamplingSettings) -> Generation:
     """Stock ComfyUI sampling (``common_ksampler``, as KSampler) of all prompts as one batch: per-row
     conditioning of shape (N, 77, C), the batch noise KSampler draws for the seed."""
     import nodes as comfy_nodes  # ComfyUI's top-level module (not hierdiff's `nodes` package)
 
-    conditionings = [_encode(clip, text)[0] for text in prompts]
-    positive = [[torch.cat([c[0] for c in conditionings]), {**conditionings[0][1]}]]
-    positive[0][1].pop("pooled_output", None)  # SD1.5 has no pooled conditioning input
-    negative = _encode(clip, "")
     (latent,) = comfy_nodes.common_ksampler(
         model,
         settings.seed,
@@ -81,12 +88,43 @@ def independent_batch(model, clip, vae, prompts: list[str], settings: SamplingSe
         settings.cfg,
         settings.sampler_name,
         settings.scheduler,
-        positive,
-        negative,
+        _batch_positive(clip, prompts),
+        _encode(clip, ""),
         _empty_latent(settings, len(prompts)),
     )
     samples = latent["samples"]
     return Generation(samples, decode(vae, samples), settings.steps * len(prompts))
+
+
+def x0_trajectory(model, clip, vae, prompts: list[str], settings: SamplingSettings) -> np.ndarray:
+    """The pictures the model predicts at every step of stock sampling (as :func:`independent_batch`):
+    (steps, N, H, W, 3) uint8, the decoded x0 prediction after each step; the last is the result."""
+    import comfy.sample
+
+    latent = _empty_latent(settings, len(prompts))["samples"]
+    predictions: list[torch.Tensor] = []
+
+    def keep(step: int, x0: torch.Tensor, x: torch.Tensor, total: int) -> None:
+        predictions.append(model.model.process_latent_out(x0.detach().clone()))
+
+    samples = comfy.sample.sample(
+        model,
+        comfy.sample.prepare_noise(latent, settings.seed),
+        settings.steps,
+        settings.cfg,
+        settings.sampler_name,
+        settings.scheduler,
+        _batch_positive(clip, prompts),
+        _encode(clip, ""),
+        latent,
+        callback=keep,
+        disable_pbar=True,
+        seed=settings.seed,
+    )
+    if len(predictions) != settings.steps:
+        raise RuntimeError(f"{settings.sampler_name} reported {len(predictions)} of {settings.steps} steps")
+    predictions[-1] = samples  # the last x0 is the result up to the sampler's final noise handling
+    return np.stack([decode(vae, x0) for x0 in predictions])
 
 
 def hierarchical(

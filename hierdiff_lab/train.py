@@ -1,4 +1,4 @@
-"""Train a tiny SD1.5-architecture text-to-image model on the synthetic shapes domain.
+"""Train a tiny SD1.5-architecture text-to-image model on a synthetic domain (shapes or textures).
 
 The model is ComfyUI's own SD1.5 classes (the openaimodel UNet, the SD1 CLIP text transformer behind
 the real SD1 tokenizer, the KL autoencoder) at tiny widths, in the layout of the hierdiff testkit's
@@ -18,6 +18,15 @@ for classifier-free guidance, EMA weights) and writes the safetensors checkpoint
 
 ``python -m hierdiff_lab.train --out PATH`` does both (CPU by default; ``--preset gpu`` for the longer
 schedule used for the committed weights). Everything is deterministic for a seed on a given device.
+
+``--domain`` picks the test bed (:data:`hierdiff_lab.domains.DOMAINS`): ``shapes``
+(:mod:`hierdiff_lab.synthetic`, 64 px, the default; its data and schedule are unchanged, so the
+committed ``weights/shapes-t2i.safetensors`` stays reproducible) or ``textures``
+(:mod:`hierdiff_lab.textures`, 128 px pictures and 16 x 16 latents, checked by
+:mod:`hierdiff_lab.texture_checker`, written to ``weights/textures-t2i.safetensors``; its CPU schedule is
+the ``textures-cpu`` preset). The domain decides the pictures, captions, evaluation captions, checker,
+default output and the metadata's key prefix (``hierdiff.<domain>_t2i.``); its :data:`RECIPES` entry
+the UNet widths and the default preset; everything else is one code path.
 """
 
 from __future__ import annotations
@@ -33,10 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import synthetic
+from .domains import DOMAINS, Domain
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "weights" / "shapes-t2i.safetensors"
 
 # SD1.5's latent scale (ComfyUI's latent_formats.SD15) and beta schedule (scaled linear, 1000 steps).
 SD15_LATENT_SCALE = 0.18215
@@ -60,6 +68,39 @@ MIN_SNR_GAMMA = 5.0
 # a flat background's colour; at 64, channel pairs keep it. Trained alike, the testkit's widths
 # reconstructed 14 % of images with all five attributes right, these 61 % (1,500 steps of 32 crops).
 VAE_OVERRIDES = {"ch": 64, "ch_mult": [1, 1, 2, 2]}
+
+# The textures domain's 16 x 16 latents: three levels (16 x 16, 8 x 8, 4 x 4), the transformers at 4 x 4
+# only. Measured CPU training steps (2 threads, idle 2-core machine) at batch 128 / 64: 0.72 s / 0.40 s,
+# against 1.05 s / 0.58 s for the shapes layout's two levels (its transformers then at 8 x 8) and
+# 1.31 s / 0.65 s for three levels with transformers at 8 x 8 and 4 x 4 (the shapes UNet: 0.37 s).
+TEXTURES_UNET_OVERRIDES = {
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2],
+    "num_res_blocks": [1, 1, 1],
+    "transformer_depth": [0, 0, 1],
+    "transformer_depth_output": [0, 0, 0, 0, 1, 1],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a domain's model is built and trained: the UNet's departures from the testkit's, the CPU
+    schedule used when no ``--preset`` is given, and the note stored in the checkpoint."""
+
+    unet_overrides: dict
+    default_preset: str
+    note: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "shapes": Recipe(UNET_OVERRIDES, "cpu", "Trained on hierdiff_lab's synthetic shapes; a demo model."),
+    "textures": Recipe(
+        TEXTURES_UNET_OVERRIDES,
+        "textures-cpu",
+        "Trained on hierdiff_lab's synthetic textures (details decided late); a demo model.",
+    ),
+}
+SHAPES = DOMAINS["shapes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +143,10 @@ PRESETS: dict[str, TrainConfig] = {
         samples=8000, vae_steps=0, unet_steps=3000, unet_batch=128, unet_lr=2e-4, log_every=100
     ),
     "smoke": TrainConfig(samples=256, vae_steps=4, vae_batch=8, unet_steps=4, unet_batch=8, log_every=2),
+    # The textures domain (128 px) on the CPU. Measured with 2 threads on an idle 2-core machine: a VAE
+    # step 0.80 s (32 crops of 32 px; 3.6 s at 64 px), a UNet step 0.72 s (batch 128), encoding 8000
+    # pictures 5.5 min, drawing them 1 min: about 27 + 60 + 8 min, 1.6 hours in all.
+    "textures-cpu": TrainConfig(samples=8000, vae_steps=2000, unet_steps=5000),
 }
 
 
@@ -121,13 +166,13 @@ def use_comfy_host(cpu: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- prepare
-def model_spec() -> dict:
+def model_spec(domain: Domain = SHAPES) -> dict:
     """The model's configs and checkpoint metadata, from the testkit (needs the full ComfyUI host)."""
     import comfy.supported_models
 
     from testkit import tiny_model
 
-    unet_config = {**tiny_model.UNET_CONFIG, **UNET_OVERRIDES}
+    unet_config = {**tiny_model.UNET_CONFIG, **RECIPES[domain.name].unet_overrides}
     # SD15 adds its fixed extras (attention heads); the UNet is built with exactly this dict.
     full_unet_config = dict(comfy.supported_models.SD15(dict(unet_config)).unet_config)
     return {
@@ -161,18 +206,21 @@ def tokenize(captions: list[str], embedding_size: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int32)
 
 
-def prepare(config: TrainConfig, path: Path) -> Path:
+def prepare(config: TrainConfig, path: Path, domain: Domain = SHAPES) -> Path:
     """Write the ``fit`` phase's input: model spec and tokenised captions (a few MB, compressed)."""
-    spec = model_spec()
-    captions = [text for _image, text, _scene in synthetic.samples(config.seed, config.samples)]
+    spec = model_spec(domain)
+    captions = [
+        text for _image, text, _scene in domain.data.samples(config.seed, config.samples, domain.resolution)
+    ]
     unique = sorted(set(captions))
     index = {text: i for i, text in enumerate(unique)}
-    eval_captions = evaluation_captions(config.seed)
+    eval_captions = evaluation_captions(config.seed, domain=domain)
     tokens = tokenize(unique + eval_captions + [""], spec["text"]["hidden_size"])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         path,
         spec=np.array(json.dumps(spec)),
+        domain=np.array(domain.name),
         seed=np.array(config.seed),
         samples=np.array(config.samples),
         caption_tokens=tokens[: len(unique)],
@@ -184,11 +232,11 @@ def prepare(config: TrainConfig, path: Path) -> Path:
     return path
 
 
-def evaluation_captions(seed: int, count: int = 96) -> list[str]:
+def evaluation_captions(seed: int, count: int = 96, domain: Domain = SHAPES) -> list[str]:
     """Canonical captions of ``count`` distinct scenes drawn with ``seed``: the held-out check."""
-    scenes = synthetic.all_scenes()
+    scenes = domain.data.all_scenes()
     order = np.random.default_rng(seed + 1).permutation(len(scenes))[:count]
-    return [synthetic.canonical_caption(scenes[i]) for i in order]
+    return [domain.data.canonical_caption(scenes[i]) for i in order]
 
 
 # ------------------------------------------------------------------------------------------------- fit
@@ -282,9 +330,15 @@ def train_vae(vae, images: np.ndarray, config: TrainConfig, device: torch.device
     return [float(v) for v in torch.stack(losses).cpu()]
 
 
+def _picture_batch(side: int) -> int:
+    """Pictures per VAE pass: 256 at 64 px, fewer for larger pictures (the same activation memory)."""
+    return max(1, 256 * 64 * 64 // (side * side))
+
+
 @torch.no_grad()
-def encode_images(vae, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
+def encode_images(vae, images: np.ndarray, device: torch.device, batch: int | None = None) -> torch.Tensor:
     """(N, 4, H/8, W/8) latent means (the posterior mode, as ComfyUI's VAEEncode returns)."""
+    batch = batch or _picture_batch(images.shape[1])
     out = []
     for start in range(0, len(images), batch):
         pixels = torch.from_numpy(images[start : start + batch]).to(device).permute(0, 3, 1, 2).float()
@@ -294,9 +348,14 @@ def encode_images(vae, images: np.ndarray, device: torch.device, batch: int = 25
 
 @torch.no_grad()
 def decode_images(vae, latents: torch.Tensor) -> np.ndarray:
-    """(N, 4, h, w) latents (unscaled, as :func:`encode_images` gives) -> (N, 8h, 8w, 3) uint8 pictures."""
-    pixels = vae.decoder(vae.post_quant_conv(latents))
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    """(N, 4, h, w) latents (unscaled, as :func:`encode_images` gives) -> (N, 8h, 8w, 3) uint8 pictures,
+    decoded :func:`_picture_batch` at a time."""
+    batch = _picture_batch(8 * latents.shape[-1])
+    out = []
+    for start in range(0, len(latents), batch):
+        pixels = vae.decoder(vae.post_quant_conv(latents[start : start + batch]))
+        out.append(((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
 
 
 @torch.no_grad()
@@ -320,11 +379,13 @@ def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_acceptance(vae, seed: int, device: torch.device, count: int = 192) -> dict[str, float]:
+def reconstruction_acceptance(
+    vae, seed: int, device: torch.device, count: int = 192, domain: Domain = SHAPES
+) -> dict[str, float]:
     """Checker acceptance of the VAE's reconstructions of ``count`` images drawn with another seed than
     the training set's: the ceiling of what the UNet can reach through this VAE."""
-    images, captions, _scenes = synthetic.dataset(seed + 1, count)
-    return acceptance(decode_images(vae, encode_images(vae, images, device)), captions)
+    images, captions, _scenes = domain.data.dataset(seed + 1, count, domain.resolution)
+    return acceptance(decode_images(vae, encode_images(vae, images, device)), captions, domain)
 
 
 def alphas_cumprod(device: torch.device) -> torch.Tensor:
@@ -422,13 +483,14 @@ def sample_ddim(
     seed: int,
     steps: int = 25,
     cfg: float = 4.0,
+    latent_size: int = 8,
 ) -> np.ndarray:
     """Quick in-training check (not ComfyUI's sampler): deterministic DDIM with classifier-free
-    guidance. tokens (B, 77) -> images (B, 64, 64, 3) uint8."""
+    guidance. tokens (B, 77) -> images (B, 8 latent_size, 8 latent_size, 3) uint8."""
     device = tokens.device
     abar = alphas_cumprod(device)
     generator = torch.Generator().manual_seed(seed)
-    latent_shape = (len(tokens), 4, 8, 8)
+    latent_shape = (len(tokens), 4, latent_size, latent_size)
     x = torch.randn(latent_shape, generator=generator).to(device)
     context = torch.cat(
         [encode_text(text_model, tokens), encode_text(text_model, empty[None].expand_as(tokens))]
@@ -447,12 +509,12 @@ def sample_ddim(
     return decode_images(vae, x / SD15_LATENT_SCALE)
 
 
-def acceptance(images: np.ndarray, captions: list[str]) -> dict[str, float]:
-    """Fraction of images the checker accepts per attribute, and for all attributes together."""
-    from . import checker
-
-    results = [checker.check(image, text) for image, text in zip(images, captions, strict=True)]
-    rates = {name: float(np.mean([r[name] for r in results])) for name in synthetic.ATTRIBUTES}
+def acceptance(images: np.ndarray, captions: list[str], domain: Domain = SHAPES) -> dict[str, float]:
+    """Fraction of images the domain's checker accepts per attribute (among the captions that name it),
+    and for all attributes together."""
+    results = [domain.checker.check(image, text) for image, text in zip(images, captions, strict=True)]
+    named = {name: [r[name] for r in results if name in r] for name in domain.data.ATTRIBUTES}
+    rates = {name: float(np.mean(values)) for name, values in named.items() if values}
     rates["all"] = float(np.mean([all(r.values()) for r in results]))
     return rates
 
@@ -512,10 +574,15 @@ def load_weights(path: Path, spec: dict, unet, text_model, vae) -> dict[str, str
     return metadata
 
 
-def load_prepared(prepared: Path, config: TrainConfig) -> tuple[np.lib.npyio.NpzFile, dict]:
+def load_prepared(
+    prepared: Path, config: TrainConfig, domain: Domain = SHAPES
+) -> tuple[np.lib.npyio.NpzFile, dict]:
     """(the ``prepare`` file's arrays, its model spec); raises if it was prepared for another data set."""
     data = np.load(prepared)
     spec = json.loads(str(data["spec"]))
+    prepared_domain = str(data["domain"]) if "domain" in data else "shapes"  # files from before domains
+    if prepared_domain != domain.name:
+        raise ValueError(f"{prepared} was prepared for the {prepared_domain} domain, not {domain.name}")
     if int(data["seed"]) != config.seed or int(data["samples"]) != config.samples:
         raise ValueError(
             f"{prepared} was prepared for seed {int(data['seed'])}, {int(data['samples'])} samples"
@@ -523,10 +590,10 @@ def load_prepared(prepared: Path, config: TrainConfig) -> tuple[np.lib.npyio.Npz
     return data, spec
 
 
-def training_images(config: TrainConfig) -> np.ndarray:
+def training_images(config: TrainConfig, domain: Domain = SHAPES) -> np.ndarray:
     """(N, H, W, 3) uint8: the training pictures, regenerated from the seed."""
     started = time.time()
-    images, _captions, _scenes = synthetic.dataset(config.seed, config.samples)
+    images, _captions, _scenes = domain.data.dataset(config.seed, config.samples, domain.resolution)
     print(f"[data] {len(images)} images {images.shape[1:]} in {time.time() - started:.1f}s", flush=True)
     return images
 
@@ -542,24 +609,39 @@ def parameter_counts(unet, text_model, vae) -> dict[str, int]:
 
 
 def vae_stage(
-    vae, images: np.ndarray, config: TrainConfig, device: torch.device, generator: torch.Generator
+    vae,
+    images: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    domain: Domain = SHAPES,
 ) -> tuple[torch.Tensor, list[float]]:
     """Train the VAE and normalise its latents to SD1.5's scale; returns ((N, 4, h, w) latents, losses)."""
     losses = train_vae(vae, images, config, device, generator)
     vae.eval()
     latents = normalise_latents(vae, encode_images(vae, images, device))
-    print(f"[vae] reconstruction acceptance {reconstruction_acceptance(vae, config.seed, device)}")
+    rates = reconstruction_acceptance(vae, config.seed, device, domain=domain)
+    print(f"[vae] reconstruction acceptance {rates}")
     return latents, losses
 
 
 def resume_stage(
-    init: Path, spec: dict, unet, text_model, vae, images: np.ndarray, device: torch.device
+    init: Path,
+    spec: dict,
+    unet,
+    text_model,
+    vae,
+    images: np.ndarray,
+    device: torch.device,
+    domain: Domain = SHAPES,
 ) -> tuple[torch.Tensor, list[float]]:
     """Load every module from ``init`` and keep its (already normalised) VAE; returns ((N, 4, h, w)
     latents, the earlier run's final VAE loss as the loss list)."""
-    earlier = json.loads(
-        load_weights(init, spec, unet, text_model, vae)["hierdiff.shapes_t2i.final_losses"]
-    )
+    metadata = load_weights(init, spec, unet, text_model, vae)
+    key = domain.metadata_prefix + "final_losses"
+    if key not in metadata:
+        raise ValueError(f"{init} is not a checkpoint of the {domain.name} domain (no {key!r})")
+    earlier = json.loads(metadata[key])
     vae.eval()
     latents = encode_images(vae, images, device)
     print(f"[init] continuing from {init} (earlier losses {earlier})", flush=True)
@@ -602,14 +684,17 @@ def evaluate(
     seed: int,
     output: Path,
     device: torch.device,
+    domain: Domain = SHAPES,
 ) -> dict[str, float]:
     """Checker acceptance of DDIM samples for the held-out captions; saves the samples beside ``output``."""
     unet.eval()
     text_model.eval()
     eval_captions = [str(c) for c in data["eval_captions"]]
     eval_tokens = torch.from_numpy(data["eval_tokens"].astype(np.int64)).to(device)
-    samples = sample_ddim(unet, text_model, vae, eval_tokens, empty, seed=seed)
-    rates = acceptance(samples, eval_captions)
+    samples = sample_ddim(
+        unet, text_model, vae, eval_tokens, empty, seed=seed, latent_size=domain.latent_size
+    )
+    rates = acceptance(samples, eval_captions, domain)
     print(
         f"[eval] checker acceptance on {len(samples)} held-out captions (DDIM 25, cfg 4): {rates}", flush=True
     )
@@ -630,23 +715,25 @@ def save_checkpoint(
     rates: dict[str, float],
     losses: dict[str, float],
     unet_steps: int,
+    domain: Domain = SHAPES,
 ) -> None:
     """Write the (unet, text_model, vae) ``modules`` as a safetensors checkpoint with the run's metadata;
     atomic (a ``.partial`` file renamed over ``output``)."""
     import safetensors.torch
 
+    prefix = domain.metadata_prefix
     metadata = {
         spec["metadata_keys"]["format"]: spec["metadata_keys"]["format_value"],
         spec["metadata_keys"]["text_config"]: json.dumps(spec["text"], sort_keys=True),
         spec["metadata_keys"]["vae_config"]: json.dumps(spec["vae"], sort_keys=True),
         spec["metadata_keys"]["seed"]: str(config.seed),
-        "hierdiff.shapes_t2i.train_config": json.dumps(
+        prefix + "train_config": json.dumps(
             {**dataclasses.asdict(config), "unet_steps": unet_steps, "unet_minutes": 0.0},
             sort_keys=True,
         ),
-        "hierdiff.shapes_t2i.acceptance": json.dumps(rates, sort_keys=True),
-        "hierdiff.shapes_t2i.final_losses": json.dumps(losses),
-        "hierdiff.shapes_t2i.note": "Trained on hierdiff_lab's synthetic shapes; a demo model.",
+        prefix + "acceptance": json.dumps(rates, sort_keys=True),
+        prefix + "final_losses": json.dumps(losses),
+        prefix + "note": RECIPES[domain.name].note,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
@@ -655,24 +742,29 @@ def save_checkpoint(
 
 
 def fit(
-    prepared: Path, config: TrainConfig, output: Path, device: torch.device, init: Path | None = None
+    prepared: Path,
+    config: TrainConfig,
+    output: Path,
+    device: torch.device,
+    init: Path | None = None,
+    domain: Domain = SHAPES,
 ) -> dict:
     """Train from a ``prepare`` file and write the checkpoint; returns a summary of the run.
 
     With ``init`` (a checkpoint this function wrote), training continues from its weights: its VAE is
     kept as it is (already normalised) and only the UNet phase runs, from its UNet and text encoder."""
-    data, spec = load_prepared(prepared, config)
+    data, spec = load_prepared(prepared, config, domain)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     started = time.time()
-    images = training_images(config)
+    images = training_images(config, domain)
     unet, text_model, vae = build_modules(spec, device, generator)
     counts = parameter_counts(unet, text_model, vae)
 
     if init is None:
-        latents, vae_losses = vae_stage(vae, images, config, device, generator)
+        latents, vae_losses = vae_stage(vae, images, config, device, generator, domain)
     else:
-        latents, vae_losses = resume_stage(init, spec, unet, text_model, vae, images, device)
+        latents, vae_losses = resume_stage(init, spec, unet, text_model, vae, images, device, domain)
     x0 = latents * SD15_LATENT_SCALE
     print(f"[latents] {tuple(x0.shape)} std {float(x0.std()):.3f}", flush=True)
 
@@ -680,10 +772,12 @@ def fit(
     unet_losses = unet_stage(unet, text_model, x0, data, empty, config, device, generator)
     seconds = time.time() - started  # training only: the evaluation below is not part of it
 
-    rates = evaluate(unet, text_model, vae, data, empty, config.seed, output, device)
+    rates = evaluate(unet, text_model, vae, data, empty, config.seed, output, device, domain)
     losses = final_losses(vae_losses, unet_losses)
-    save_checkpoint(output, spec, config, (unet, text_model, vae), rates, losses, len(unet_losses))
+    modules = (unet, text_model, vae)
+    save_checkpoint(output, spec, config, modules, rates, losses, len(unet_losses), domain)
     summary = {
+        "domain": domain.name,
         "seconds": seconds,
         "device": str(device),
         "parameters": counts,
@@ -700,10 +794,13 @@ def fit(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("phase", nargs="?", choices=("all", "prepare", "fit"), default="all")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--domain", choices=sorted(DOMAINS), default="shapes", help="the synthetic domain")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="schedule (default: cpu; textures-cpu for textures)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prepared", type=Path, default=ROOT / "out" / "shapes-t2i-prepared.npz")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--prepared", type=Path, help="default: out/DOMAIN-t2i-prepared.npz")
+    parser.add_argument("--out", type=Path, help="default: hierdiff_lab/weights/DOMAIN-t2i.safetensors")
     parser.add_argument("--device", default="cpu", help="torch device for fit (cpu, cuda)")
     parser.add_argument("--unet-steps", type=int, help="override the preset's UNet steps")
     parser.add_argument("--unet-minutes", type=float, help="cap the UNet phase's wall-clock minutes")
@@ -711,7 +808,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="override the preset's UNet learning rate")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    config = dataclasses.replace(PRESETS[args.preset], seed=args.seed)
+    domain = DOMAINS[args.domain]
+    config = dataclasses.replace(PRESETS[args.preset or RECIPES[domain.name].default_preset], seed=args.seed)
+    prepared = args.prepared or ROOT / "out" / f"{domain.name}-t2i-prepared.npz"
+    output = args.out or domain.checkpoint
     if args.unet_steps is not None:
         config = dataclasses.replace(config, unet_steps=args.unet_steps)
     if args.lr is not None:
@@ -726,9 +826,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     use_comfy_host(cpu=device.type == "cpu")
     if args.phase in ("all", "prepare"):
-        print(f"[prepare] {prepare(config, args.prepared)}", flush=True)
+        print(f"[prepare] {prepare(config, prepared, domain)}", flush=True)
     if args.phase in ("all", "fit"):
-        fit(args.prepared, config, args.out, device, init=args.init)
+        fit(prepared, config, output, device, init=args.init, domain=domain)
     return 0
 
 
