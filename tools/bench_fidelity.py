@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Fidelity benchmark: what does sharing steps cost in prompt adherence, on the trained shapes model?
 
-For each synthetic prompt set (``hierdiff_core/prompt_sets``) and each target saving, through ComfyUI
-in this process (``hierdiff_dev.host``), on the CPU:
+For each prompt set (by default the held-out sets of ``hierdiff_lab.held_out``, never used while
+developing; the development sets of ``hierdiff_core/prompt_sets`` by name) and each target saving,
+through ComfyUI in this process (``hierdiff_dev.host``), on the CPU:
 
 - hierarchical: Prompt Set Cluster + Hierarchical KSampler at that target saving;
 - independent, full steps: the same node at tau = 0, i.e. stock KSampler per prompt with the same seed
@@ -18,6 +19,7 @@ independent picture (how far from "the same picture" each saving lands), and div
 per image (conditional rows; guidance doubles both sides alike): accuracy, and pixel difference.
 
     .venv/bin/python tools/bench_fidelity.py [--savings 0.25 0.5 0.75 0.8] [--seeds 0 1] [--out DIR]
+        [--sampler dpmpp_2m --scheduler karras] [--sets variations attribute_grid wording]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("hierarchical, prompt tree", "hierarchical, first-step tree", "independent, fewer steps")
+HELD_OUT_SETS = ("palette", "layout", "two_studies", "mixed")  # hierdiff_lab.held_out
 METRICS = ("attribute accuracy", "mean |pixel difference| from the full-step picture")
 
 
@@ -82,55 +85,16 @@ def diversity(images: np.ndarray) -> float:
     return float(np.mean([np.abs(images[i].astype(float) - images[j]).mean() for i, j in pairs]))
 
 
-def plot(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: Path, title: str) -> None:
-    """Side-by-side line charts against model evaluations per image, one polyline per curve (Pillow).
-
-    ``panels`` holds (y-axis label, {curve name: [(evaluations per image, value), ...]})."""
-    from PIL import Image, ImageDraw
-
-    width, height, margin = 560, 420, 60
-    image = Image.new("RGB", (width * len(panels), height + 30), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((margin, 8), title, fill="black")
-    colours = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
-    for panel, (label, curves) in enumerate(panels):
-        left, top = panel * width, 30
-        points = [p for curve in curves.values() for p in curve]
-        x_max = max(x for x, _ in points) * 1.05
-        y_low, y_high = min(y for _, y in points), max(y for _, y in points)
-        pad = max(0.05 * (y_high - y_low), 1e-3)
-        y_low, y_high = y_low - pad, y_high + pad
-
-        def at(x: float, y: float, left=left, top=top, x_max=x_max, y_low=y_low, y_high=y_high):
-            return (
-                left + margin + x / x_max * (width - 2 * margin),
-                top + height - margin - (y - y_low) / (y_high - y_low) * (height - 2 * margin),
-            )
-
-        draw.line([at(0, y_low), at(x_max, y_low)], fill="black")
-        draw.line([at(0, y_low), at(0, y_high)], fill="black")
-        for tick in np.linspace(y_low, y_high, 6):
-            draw.text((left + 5, at(0, tick)[1] - 6), f"{tick:.3g}", fill="black")
-        for tick in np.linspace(0, x_max, 6):
-            draw.text((at(tick, y_low)[0] - 8, top + height - margin + 8), f"{tick:.1f}", fill="black")
-        draw.text((left + width // 2 - 90, top + height - 28), "model evaluations per image", fill="black")
-        draw.text((left + margin, top + 4), label, fill="black")
-        for index, ((name, curve), colour) in enumerate(zip(curves.items(), colours, strict=False)):
-            xy = [at(x, y) for x, y in sorted(curve)]
-            draw.line(xy, fill=colour, width=2)
-            for x, y in xy:
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-            legend_x, legend_y = left + width - margin - 190, top + 24 + 16 * index
-            draw.line([(legend_x, legend_y + 6), (legend_x + 20, legend_y + 6)], fill=colour, width=2)
-            draw.text((legend_x + 25, legend_y), name, fill=colour)
-    image.save(path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=["variations", "attribute_grid", "wording"])
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        default=list(HELD_OUT_SETS),
+        help="held-out sets (the default; never used while developing) or development sets by name",
+    )
     parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.8])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--sampler", default="euler", help="a ComfyUI sampler name")
@@ -221,10 +185,13 @@ def start_bench(args: argparse.Namespace) -> Bench:
 
 def run_reference(bench: Bench, set_name: str, seed: int) -> Reference:
     """The full-step independent run of one set and seed; sharing nothing is a point of every curve."""
-    from hierdiff_lab import comfy_generation, synthetic, train
+    from hierdiff_lab import comfy_generation, held_out, synthetic, train
 
     args = bench.args
-    prompts = synthetic.PROMPT_SETS[set_name]()
+    sets = {**{name: build() for name, build in synthetic.PROMPT_SETS.items()}, **held_out.held_out_sets()}
+    if set_name not in sets:
+        raise SystemExit(f"--sets: no prompt set {set_name!r}; known: {', '.join(sets)}")
+    prompts = sets[set_name]
     settings = comfy_generation.SamplingSettings(
         seed=seed, steps=args.steps, cfg=args.cfg, sampler_name=args.sampler, scheduler=args.scheduler
     )
@@ -300,6 +267,8 @@ def summary_table(bench: Bench, means: dict) -> list[str]:
 
 def write_results(bench: Bench, means: dict, summary: list[str]) -> None:
     """The plot (accuracy_vs_evaluations.png) and both tables (fidelity_table.md) in ``--out``."""
+    from hierdiff_lab import charts
+
     args = bench.args
     panels = [
         (metric, {method: list(by_key.values()) for method, by_key in by_method.items()})
@@ -309,7 +278,7 @@ def write_results(bench: Bench, means: dict, summary: list[str]) -> None:
         f"{bench.checkpoint.name}, {args.sampler}/{args.scheduler} {args.steps} steps, "
         "mean over sets and seeds"
     )
-    plot(panels, args.out / "accuracy_vs_evaluations.png", title)
+    charts.plot(panels, args.out / "accuracy_vs_evaluations.png", title)
     text = "\n".join(summary) + "\n\n" + "\n".join(bench.rows) + "\n"
     (args.out / "fidelity_table.md").write_text(text, encoding="utf-8")
 

@@ -97,3 +97,20 @@ def test_checker_accuracy_on_blurred_noisy_images(blur, noise):
     accuracy = _accuracy(degraded, scenes)
     assert accuracy["shape"] >= 0.97, accuracy
     assert all(accuracy[name] >= 0.99 for name in ("colour", "size", "position", "background")), accuracy
+
+
+def test_measuring_sets_share_no_prompt_with_the_development_sets_or_each_other():
+    from hierdiff_lab import held_out
+
+    developed = {p for build in synthetic.PROMPT_SETS.values() for p in build()}
+    held = held_out.held_out_sets()
+    confirming = held_out.confirmation_sets()
+    assert [len(held[n]) for n in ("palette", "layout", "two_studies", "mixed")] == [15, 12, 14, 16]
+    assert [len(confirming[n]) for n in ("corners", "figures", "restated", "assorted")] == [8, 12, 12, 16]
+    held_prompts = {p for prompts in held.values() for p in prompts}
+    confirming_prompts = {p for prompts in confirming.values() for p in prompts}
+    assert not developed & held_prompts
+    assert not developed & confirming_prompts
+    assert not held_prompts & confirming_prompts
+    for prompts in [*held.values(), *confirming.values()]:
+        assert all(synthetic.parse_caption(p).attributes() for p in prompts)
