@@ -11,7 +11,9 @@ node would do with the inputs on screen, before anything is queued. The body is 
   UI output), used as it is; without it the prompts are clustered with the offline sentence encoder,
   which is only a preview of the run's tree when the cluster clusters on CLIP's pooled output;
 - ``steps`` (optional; without it only the tree is made), ``budget``, ``budget_value`` (defaults
-  "target_saving", 0.5), ``tree_from`` (default "prompt_tree"): the sampler's widgets.
+  "target_saving", 0.5), ``tree_from`` (default "prompt_tree"), ``spend`` (default "sharing") and, for
+  spend "steps_then_sharing", ``sampler_name``: the sampler's widgets (the plan then has the steps that
+  spend chose).
 
 The answer: ``{"plan": Plan.to_dict() or null, "tree": PromptTree.to_dict() or null (only without
 steps), "summary", "tree_source": "run" | "sentence", "preview_tree": bool, "notes": [str]}``. Bad
@@ -42,6 +44,7 @@ from hierdiff_core.embed import encode_prompts
 from hierdiff_core.prompts import prompts_from_input
 from hierdiff_core.report import summary_line
 from hierdiff_core.schedule import BUDGET_MODES, Budget, plan
+from hierdiff_core.spend import SPEND_MODES, spend
 from hierdiff_core.tree import METHODS, PromptTree, build_tree
 
 from .cluster import EMBEDDING_SOURCES
@@ -173,6 +176,14 @@ def preview(body: Any) -> dict[str, Any]:
         except ValueError as err:
             field = "budget_value" if str(err).startswith("evaluations per image") else "steps"
             raise FieldError(field, str(err)) from None
+        if _choice(body, "spend", SPEND_MODES, "sharing") == "steps_then_sharing":
+            sampler_name = body.get("sampler_name")
+            if not isinstance(sampler_name, str):
+                raise FieldError("sampler_name", f"must be a sampler's name, got {sampler_name!r}")
+            try:
+                steps, budget = spend(budget, steps, sampler_name, 1 if tree_from == "first_step" else 0)
+            except ValueError as err:
+                raise FieldError("budget", str(err)) from None
 
     if body.get("tree") is not None:
         tree, source = _given_tree(body["tree"], texts, linkage), "run"

@@ -172,6 +172,10 @@ function inputsOf(node, role, memo) {
         budget_value: widget(node, "budget_value").value,
         tree_from: widget(node, "tree_from").value ?? "prompt_tree",
     };
+    // Only when set, so that the keys of plans saved before spend existed still match.
+    if (widget(node, "spend").value === "steps_then_sharing") {
+        Object.assign(fields, { spend: "steps_then_sharing", sampler_name: widget(node, "sampler_name").value });
+    }
     let key = `${node.type}${JSON.stringify(fields)}${via ? upstreamKey(via, memo) : ""}|${treeKey}`;
     if (fields.tree_from === "first_step") {
         // The tree then comes from the model's predictions on the seed's noise: everything upstream

@@ -8,6 +8,8 @@ Specification:
   those embeddings, and it is called a preview tree when the node clusters on CLIP's pooled output;
 - without steps only the tree is made; with ``tree_from = first_step`` the plan counts one probe
   evaluation per prompt and says that the tree is chosen at run time;
+- with ``spend = steps_then_sharing`` the plan has the steps and budget that hierdiff_core.spend gives
+  for the sampler (what the node runs);
 - an edit that adds one prompt encodes only that prompt;
 - bad input gets HTTP 400 and one line that names the field;
 - the pack loads where there is no server (the in-process host) and registers nothing there; on the
@@ -29,6 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hierdiff_core.report import summary_line
 from hierdiff_core.schedule import Budget, plan
+from hierdiff_core.spend import minimum_steps
 from hierdiff_core.tree import build_tree
 from hierdiff_dev.server import ComfyServer
 
@@ -142,6 +145,19 @@ def test_a_first_step_tree_is_chosen_at_run_time_and_its_probe_is_counted(routes
     assert any("run time" in note for note in answer["notes"])
 
 
+def test_a_spent_budget_is_planned_at_the_steps_the_node_runs(routes) -> None:
+    tree = build_tree(np.stack([fake_vector(p) for p in PROMPTS]), method="ward", prompts=PROMPTS)
+    minimum = minimum_steps("euler")
+    fields = {"spend": "steps_then_sharing", "sampler_name": "euler", "tree": tree.to_dict()}
+    below = request(budget="evaluations_per_image", budget_value=minimum - 1, **fields)
+    status, answer = post(routes, PREVIEW, below)
+    assert status == 200, answer
+    expected = plan(tree, minimum, Budget("evaluations_per_image", minimum - 1))
+    assert answer["plan"] == json.loads(expected.to_json())
+    status, answer = post(routes, PREVIEW, request(budget_value=0.5, **fields))  # 10 evaluations: 10 steps
+    assert answer["plan"] == json.loads(plan(tree, 10, Budget("tau", 0.0)).to_json())
+
+
 def test_an_added_prompt_is_the_only_one_encoded(routes, encoded) -> None:
     post(routes, PREVIEW, request())
     post(routes, PREVIEW, request(steps=30))  # another budget or step count: nothing encoded
@@ -167,6 +183,9 @@ BAD_FIELDS = [
     ("linkage", {"linkage": "nearest"}),
     ("embedding", {"embedding": "pixels"}),
     ("tree_from", {"tree_from": "last_step"}),
+    ("spend", {"spend": "cheapest"}),
+    ("sampler_name", {"spend": "steps_then_sharing"}),
+    ("budget", {"spend": "steps_then_sharing", "sampler_name": "euler", "budget": "tau"}),
     ("prompts", {"prompts": " \n \n"}),
     ("prompts", {"prompts": 7}),
     ("prompts", {"prompts": ["a cat", 3]}),

@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Hierarchical KSampler's ``spend`` input: where a budget of model evaluations goes.
+
+Specification:
+- ``sharing`` (the default, and what a workflow saved before the input existed gets) is the published
+  method: every step is run and sharing alone meets the budget;
+- ``steps_then_sharing`` with a budget of at least the sampler's measured minimum step count runs that
+  many steps and shares nothing: each picture is stock KSampler's at the reduced step count;
+- below the minimum it runs the minimum's steps, shared down to the budget: the picture equals the node
+  at that step count with an evaluations-per-image budget, and the network computes exactly the budget;
+- a tau budget (a threshold, not compute) is refused naming budget (the live preview planning the same
+  steps is specified in test_plan_route.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hierdiff_core.spend import MINIMUM_STEPS, minimum_steps
+from hierdiff_dev.expect import assert_close, counting
+
+PROMPTS = ["a red circle", "a red square", "a blue circle", "a blue square", "a green triangle"]
+FULL_STEPS = 20
+SEED = 11
+LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
+
+
+def run(comfy, tree, *, steps=FULL_STEPS, sampler="euler", budget="tau", value=0.0, spend=None, model=None):
+    """(latents, plan) of Hierarchical KSampler; ``spend`` None leaves the optional input out."""
+    node = comfy.classes["HierKSampler"]
+    extra = {} if spend is None else {"spend": spend}
+    out = node.execute(
+        model or comfy.model, tree, comfy.negative, LATENT, SEED, steps, 4.0, sampler, "normal", 1.0,
+        budget, value, 64, "shared", "mean", **extra,
+    )  # fmt: skip
+    return out.args[0]["samples"], json.loads(out.args[1])
+
+
+@pytest.fixture(scope="module")
+def tree(comfy):
+    cluster = comfy.classes["HierPromptSetCluster"]
+    return cluster.execute([comfy.clip], ["\n".join(PROMPTS)], ["ward"], ["clip_pooled"]).args[0]
+
+
+def stock_ksampler(comfy, prompt: str, sampler: str, steps: int) -> torch.Tensor:
+    """ComfyUI's own KSampler for one prompt, with the seed's batch-of-one noise."""
+    positive = comfy.stock.CLIPTextEncode().encode(comfy.clip, prompt)[0]
+    out = comfy.stock.common_ksampler(
+        comfy.model, SEED, steps, 4.0, sampler, "normal", positive, comfy.negative, LATENT
+    )
+    return out[0]["samples"]
+
+
+def test_every_measured_sampler_has_a_minimum_below_the_usual_step_count() -> None:
+    assert set(MINIMUM_STEPS) >= {"euler", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde"}
+    assert all(1 <= m < FULL_STEPS for m in MINIMUM_STEPS.values())
+
+
+def test_sharing_is_the_default_and_the_published_method(comfy, tree) -> None:
+    default, default_plan = run(comfy, tree, budget="target_saving", value=0.5)
+    sharing, sharing_plan = run(comfy, tree, budget="target_saving", value=0.5, spend="sharing")
+    assert torch.equal(default, sharing)
+    assert default_plan == sharing_plan
+    assert default_plan["steps"] == FULL_STEPS
+
+
+def above_minimum(sampler: str) -> tuple[int, float]:
+    """(evaluations per image, target saving) one evaluation above the sampler's minimum."""
+    evaluations = minimum_steps(sampler) + 1
+    return evaluations, 1 - evaluations / FULL_STEPS
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_a_budget_above_the_minimum_is_spent_on_steps_alone(comfy, tree, sampler) -> None:
+    evaluations, saving = above_minimum(sampler)
+    model, counter = counting(comfy.model)
+    samples, spent_plan = run(comfy, tree, sampler=sampler, budget="target_saving", value=saving,
+                              spend="steps_then_sharing", model=model)  # fmt: skip
+    unshared, unshared_plan = run(comfy, tree, steps=evaluations, sampler=sampler)
+    assert torch.equal(samples, unshared)
+    assert spent_plan == unshared_plan
+    assert spent_plan["steps"] == evaluations
+    assert counter["rows"] == 2 * evaluations * len(PROMPTS)  # guidance: conditional + unconditional
+
+
+def test_steps_alone_give_stock_ksamplers_pictures_at_that_step_count(comfy, tree) -> None:
+    evaluations, saving = above_minimum("euler")
+    samples, _ = run(comfy, tree, budget="target_saving", value=saving, spend="steps_then_sharing")
+    for row, prompt in enumerate(PROMPTS):
+        expected = stock_ksampler(comfy, prompt, "euler", evaluations)
+        assert_close(samples[row : row + 1], expected, f"{prompt!r} at {evaluations} steps")
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m_sde"])
+def test_a_budget_below_the_minimum_shares_at_the_minimum(comfy, tree, sampler) -> None:
+    minimum = minimum_steps(sampler)
+    evaluations = minimum - 1.5
+    model, counter = counting(comfy.model)
+    samples, spent_plan = run(comfy, tree, sampler=sampler, budget="evaluations_per_image", value=evaluations,
+                              spend="steps_then_sharing", model=model)  # fmt: skip
+    direct, direct_plan = run(
+        comfy, tree, steps=minimum, sampler=sampler, budget="evaluations_per_image", value=evaluations
+    )
+    assert torch.equal(samples, direct)
+    assert spent_plan == direct_plan
+    assert spent_plan["steps"] == minimum
+    assert counter["rows"] == 2 * spent_plan["model_evaluations"]
+    assert spent_plan["model_evaluations"] <= evaluations * len(PROMPTS)
+
+
+def test_a_tau_budget_cannot_be_spent(comfy, tree) -> None:
+    with pytest.raises(ValueError, match="^budget: .*target_saving or evaluations_per_image"):
+        run(comfy, tree, budget="tau", value=0.5, spend="steps_then_sharing")
