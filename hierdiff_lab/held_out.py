@@ -53,7 +53,7 @@ def confirmation_sets() -> dict[str, list[str]]:
     """A second held-out collection, made after the spend rule was measured on :func:`held_out_sets`, to
     confirm on prompts nobody had seen what was concluded there (docs/fidelity.md, "Spending a budget").
 
-    - ``corners``: a small square in each corner, red or blue, on black (8): layout varies;
+    - ``corners``: a small square in each corner, red, blue or green, on black (12): layout varies;
     - ``figures``: a large purple shape at the bottom, 3 shapes x 2 sizes x white or black (12);
     - ``restated``: three scenes, each worded four ways (rng seed 4041, 12);
     - ``assorted``: 16 random scenes in random phrasings (rng seed 4040).
@@ -64,7 +64,7 @@ def confirmation_sets() -> dict[str, list[str]]:
     corners = [
         canonical_caption(Scene("square", colour, "small", position, "black"))
         for colour, position in itertools.product(
-            ("red", "blue"), ("top left", "top right", "bottom left", "bottom right")
+            ("red", "blue", "green"), ("top left", "top right", "bottom left", "bottom right")
         )
     ]
     figures = [
