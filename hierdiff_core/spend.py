@@ -26,8 +26,11 @@ domain (cfg 4, 20 steps; euler and euler_ancestral with the normal schedule, the
 karras) by ``tools/bench_frontier.py``: proposed on the development sets (the minimum scoring best on
 average over budgets of 3 to 14 evaluations per image: 4, 6, 8, 10), vetted on the held-out sets
 (euler's and euler_ancestral's proposals lost to cutting steps there, so they fall to 3, the smallest
-budget measured: at every measured budget those two samplers cut steps and share nothing), and
-confirmed on a third collection of sets made afterwards (docs/fidelity.md, "Spending a budget")."""
+budget measured: at every measured budget those two samplers cut steps and share nothing), and checked
+on a third collection made afterwards: there as good as the better of sharing alone and fewer steps
+alone at every budget for euler, euler_ancestral and dpmpp_2m (better for dpmpp_2m at 3 to 6
+evaluations per image), and for dpmpp_2m_sde better at 3 and 4, within 0.006 at 5 to 8
+(docs/fidelity.md, "Spending a budget")."""
 
 DEFAULT_MINIMUM_STEPS = max(MINIMUM_STEPS.values())
 """For samplers not measured: the largest measured minimum. Too high a minimum costs less than too low
