@@ -59,15 +59,21 @@ def minimum_steps(sampler_name: str) -> int:
     return MINIMUM_STEPS.get(sampler_name, DEFAULT_MINIMUM_STEPS)
 
 
+def spent_steps(evaluations: float, steps: int, minimum: int, probe_per_image: int = 0) -> int:
+    """K' = min(K, max(ceil(E - probe), minimum)): the steps a run of ``steps`` steps takes for
+    ``evaluations`` per image when it cuts steps no lower than ``minimum``."""
+    reduced = max(1, math.ceil(evaluations - probe_per_image - 1e-9))
+    return min(steps, max(reduced, minimum))
+
+
 def spend(budget: Budget, steps: int, sampler_name: str, probe_per_image: int = 0) -> tuple[int, Budget]:
     """Where steps_then_sharing spends ``budget`` for a run of ``steps`` steps with ``sampler_name``.
 
-    Returns (K', budget at K'): K' = min(K, max(ceil(E - probe), minimum)) steps for E evaluations per
-    image, and tau 0 (nothing shared) when K' steps fit in E, else sharing down to E at K' steps.
+    Returns (K', budget at K'): K' (:func:`spent_steps`) steps for E evaluations per image, and tau 0
+    (nothing shared) when K' steps fit in E, else sharing down to E at K' steps.
     ``probe_per_image``: evaluations per image spent before step 0 (1 for a first-step tree)."""
     evaluations = budget_evaluations(budget, steps)
-    reduced = max(1, math.ceil(evaluations - probe_per_image - 1e-9))
-    chosen = min(steps, max(reduced, minimum_steps(sampler_name)))
+    chosen = spent_steps(evaluations, steps, minimum_steps(sampler_name), probe_per_image)
     if chosen + probe_per_image <= evaluations + 1e-9:
         return chosen, Budget("tau", 0.0)
     return chosen, Budget("evaluations_per_image", evaluations).check(chosen)

@@ -57,6 +57,16 @@ class Domain:
         """Prefix of its checkpoint's training metadata keys (``hierdiff.shapes_t2i.`` for shapes)."""
         return f"hierdiff.{self.name}_t2i."
 
+    def sets(self, collection: str) -> dict[str, list[str]]:
+        """The prompt sets of a collection: "development", "held_out" or "confirmation"."""
+        if collection == "development":
+            return {name: build() for name, build in self.prompt_sets.items()}
+        if collection == "held_out":
+            return self.held_out_sets()
+        if collection == "confirmation" and self.confirmation_sets is not None:
+            return self.confirmation_sets()
+        raise ValueError(f"the {self.name} domain has no {collection!r} prompt sets")
+
     def read(self, image: np.ndarray) -> dict[str, str | int | None]:
         """(H, W, 3) uint8 -> every attribute's value as the checker reads it (None: read nothing)."""
         scene = self.checker.read_scene(image).scene

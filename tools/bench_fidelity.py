@@ -36,7 +36,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("hierarchical, prompt tree", "hierarchical, first-step tree", "independent, fewer steps")
-HELD_OUT_SETS = ("palette", "layout", "two_studies", "mixed")  # hierdiff_lab.held_out
 METRICS = ("attribute accuracy", "mean |pixel difference| from the full-step picture")
 
 
@@ -90,8 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sets",
         nargs="+",
-        default=list(HELD_OUT_SETS),
-        help="held-out sets (the default; never used while developing) or development sets by name",
+        default=None,
+        help="prompt sets by name (default: the shapes domain's held-out sets, never used while developing)",
     )
     parser.add_argument("--savings", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -101,7 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scheduler", default="normal", help="a ComfyUI scheduler name")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the trained shapes model")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "fidelity")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.sets is None:
+        from hierdiff_lab.domains import DOMAINS
+
+        args.sets = list(DOMAINS["shapes"].sets("held_out"))
+    return args
 
 
 @dataclasses.dataclass
@@ -185,10 +189,12 @@ def start_bench(args: argparse.Namespace) -> Bench:
 
 def run_reference(bench: Bench, set_name: str, seed: int) -> Reference:
     """The full-step independent run of one set and seed; sharing nothing is a point of every curve."""
-    from hierdiff_lab import comfy_generation, held_out, synthetic, train
+    from hierdiff_lab import comfy_generation, train
+    from hierdiff_lab.domains import DOMAINS
 
     args = bench.args
-    sets = {**{name: build() for name, build in synthetic.PROMPT_SETS.items()}, **held_out.held_out_sets()}
+    shapes = DOMAINS["shapes"]
+    sets = {**shapes.sets("development"), **shapes.sets("held_out")}
     if set_name not in sets:
         raise SystemExit(f"--sets: no prompt set {set_name!r}; known: {', '.join(sets)}")
     prompts = sets[set_name]

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hierdiff_core.spend import spent_steps
 from hierdiff_lab import charts
 from hierdiff_lab.scoring import win_tie_loss
 
@@ -66,19 +67,6 @@ class Record:
     @property
     def accuracy(self) -> float:
         return float(np.mean(self.satisfied)) / self.attributes
-
-
-def domain_sets(domain: str, which: str) -> dict[str, list[str]]:
-    from hierdiff_lab import domains
-
-    spec = domains.DOMAINS[domain]
-    if which == "held_out":
-        return spec.held_out_sets()
-    if which == "confirmation":
-        if spec.confirmation_sets is None:
-            raise SystemExit(f"--sets confirmation: the {domain} domain has no confirmation sets")
-        return spec.confirmation_sets()
-    return {name: build() for name, build in spec.prompt_sets.items()}
 
 
 def generate(host, models, domain: str, set_name: str, prompts: list[str], seed: int, sampler: str,
@@ -133,8 +121,7 @@ def collect(args: argparse.Namespace) -> list[Record]:
     records: list[Record] = []
     runs = planned_runs(args)
     with open(args.out / "records.jsonl", "w", encoding="utf-8") as sink:
-        for (set_name, prompts), seed in itertools.product(domain_sets(args.domain, args.sets).items(),
-                                                           args.seeds):  # fmt: skip
+        for (set_name, prompts), seed in itertools.product(args.prompt_sets.items(), args.seeds):
             for sampler, budget, steps in runs:
                 record = generate(host, models, args.domain, set_name, prompts, seed, sampler, budget, steps)
                 records.append(record)
@@ -174,9 +161,8 @@ def best_independent(groups, budget: float) -> tuple[str, list[Record]]:
 
 
 def rule_steps(minimum: int, budget: float, full_steps: int) -> int:
-    """The spend rule: at least ``minimum`` steps (the sampler's), at most the full count; sharing makes
-    up the rest. A budget of at least ``minimum`` is spent on steps alone."""
-    return min(full_steps, max(int(np.ceil(budget)), minimum))
+    """The spend rule's step count (hierdiff_core.spend.spent_steps) for a candidate ``minimum``."""
+    return spent_steps(budget, full_steps, minimum)
 
 
 def derive_minimums(records: list[Record], full_steps: int, step_counts: tuple[int, ...]) -> dict[str, int]:
@@ -317,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(checkpoint).is_file():
             parser.error(f"no trained model for the {args.domain} domain at {checkpoint} (train it: "
                          f"python -m hierdiff_lab.train --domain {args.domain})")  # fmt: skip
+        try:
+            args.prompt_sets = domains.DOMAINS[args.domain].sets(args.sets)
+        except ValueError as error:
+            parser.error(f"--sets: {error}")
     records = load_records(args.records) if args.records else collect(args)
     minimums = None
     if args.rule_from:

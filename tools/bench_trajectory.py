@@ -45,7 +45,7 @@ def table(fractions: np.ndarray, attributes: tuple[str, ...], pictures: int) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", default="shapes")
-    parser.add_argument("--sets", choices=("held_out", "development"), default="held_out")
+    parser.add_argument("--sets", choices=("held_out", "development", "confirmation"), default="held_out")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--sampler", default="euler:normal", help="name:scheduler")
     parser.add_argument("--steps", type=int, default=20)
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no trained model for the {domain.name} domain at {checkpoint} (train it: "
                      f"python -m hierdiff_lab.train --domain {domain.name})")  # fmt: skip
     model, clip, vae = load_tiny_model(str(checkpoint))
-    if args.sets == "held_out":
-        sets = domain.held_out_sets()
-    else:
-        sets = {set_name: build() for set_name, build in domain.prompt_sets.items()}
+    try:
+        sets = domain.sets(args.sets)
+    except ValueError as error:
+        parser.error(f"--sets: {error}")
     name, scheduler = args.sampler.split(":")
     readings: list[list[dict]] = [[] for _ in range(args.steps)]
     for prompts in sets.values():
