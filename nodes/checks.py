@@ -267,6 +267,14 @@ def check_composable(model_options: dict) -> None:
             )
 
 
+def check_images_per_prompt(copies: object) -> int:
+    """images_per_prompt as a whole number >= 1."""
+    whole = isinstance(copies, (int, float)) and not isinstance(copies, bool) and int(copies) == copies
+    if not whole or copies < 1:
+        raise ValueError(f"images_per_prompt must be a whole number >= 1, got {copies!r}")
+    return int(copies)
+
+
 def check_budget(mode: str, value: float) -> Budget:
     """The Budget of a node's budget and budget_value inputs; a bad value is refused naming budget_value."""
     if mode not in BUDGET_MODES:

@@ -39,7 +39,7 @@ from hierdiff_core.step_cache import GroupStepCache
 from hierdiff_core.tree import build_tree
 
 from .attention_guidance import GroupedAttentionMaps
-from .checks import check_composable, check_sigmas
+from .checks import check_composable, check_images_per_prompt, check_sigmas
 from .conditioning import PromptTreeSet, group_model_conds, text_padding, token_length_parts, with_copies
 from .prior import EMBEDDING_SPACE as PRIOR_SPACE
 from .prior import unclip_adm_rows
@@ -47,6 +47,13 @@ from .step_cache import CachedDiffusionModel, log_cache, without_easycache
 
 NOISE_MODES = ("shared", "per_root")
 TREE_SOURCES = ("prompt_tree", "first_step")
+
+
+def probe_rows(tree_from: str, n_prompts: int) -> int:
+    """Model evaluations a run spends choosing its tree before step 0: a first-step tree evaluates each
+    of the ``n_prompts`` prompts once (before any copies), and a single prompt needs no tree."""
+    return n_prompts if tree_from == "first_step" and n_prompts > 1 else 0
+
 
 # Samplers whose default noise is a Brownian tree: a group's tree answers by noise level, so it is
 # kept for the group's whole life; the others draw plain Gaussian noise per call.
@@ -129,9 +136,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        if isinstance(copies, bool) or int(copies) != copies or copies < 1:
-            raise ValueError(f"images_per_prompt must be a whole number >= 1, got {copies!r}")
-        self.copies = int(copies)
+        self.copies = check_images_per_prompt(copies)
         # Planned at sampling time, the set gets its copies then, from the set as given (a guider may
         # sample more than once); a given plan comes with its set, copies included.
         self.source_set = prompt_set
@@ -263,16 +268,16 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             return None
         probe = None
         prompt_set = self.source_set
-        if self.tree_from == "first_step" and prompt_set.tree.n_prompts > 1:
+        rows = probe_rows(self.tree_from, prompt_set.tree.n_prompts)
+        if rows:
             prompt_set, probe = first_step_tree(
                 self.model_patcher, prompt_set, self.negative, self.cfg, noise, latent_image,
                 full_sigmas, self.max_batch, denoise_mask, seed,
             )  # fmt: skip
-        probe_rows = prompt_set.tree.n_prompts if probe is not None else 0
         self.prompt_set = with_copies(prompt_set, self.copies)
         if self.copies > 1:
             self.set_conds(self.prompt_set.conditioning, self.negative)
-        self.plan = self.plan_fn(self.prompt_set, len(full_sigmas) - 1, probe_rows)
+        self.plan = self.plan_fn(self.prompt_set, len(full_sigmas) - 1, rows)
         return probe
 
     def _one_row_per_prompt(self, noise, latent_image, denoise_mask, seed: int):

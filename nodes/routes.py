@@ -48,7 +48,7 @@ from hierdiff_core.spend import SPEND_MODES, spend
 from hierdiff_core.tree import METHODS, PromptTree, build_tree
 
 from .cluster import EMBEDDING_SOURCES
-from .guider import TREE_SOURCES
+from .guider import TREE_SOURCES, probe_rows
 
 PREVIEW_PATH = "/hierdiff/plan_preview"
 PROMPTS_PATH = "/hierdiff/prompts"
@@ -181,7 +181,8 @@ def preview(body: Any) -> dict[str, Any]:
             if not isinstance(sampler_name, str):
                 raise FieldError("sampler_name", f"must be a sampler's name, got {sampler_name!r}")
             try:
-                steps, budget = spend(budget, steps, sampler_name, 1 if tree_from == "first_step" else 0)
+                probe = probe_rows(tree_from, len(texts)) / len(texts)
+                steps, budget = spend(budget, steps, sampler_name, probe)
             except ValueError as err:
                 raise FieldError("budget", str(err)) from None
 
@@ -199,8 +200,7 @@ def preview(body: Any) -> dict[str, Any]:
         answer["summary"] = f"{tree.n_prompts:,} prompts, {tree.method} linkage"
     else:
         n = tree.n_prompts
-        # A first-step tree costs one model evaluation per prompt before step 0 (as the guider counts).
-        probe = n if tree_from == "first_step" and n > 1 else 0
+        probe = probe_rows(tree_from, n)
         try:
             schedule = plan(tree, steps, budget, probe_evaluations=probe)
         except ValueError as err:

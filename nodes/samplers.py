@@ -27,13 +27,15 @@ from .checks import (
     check_budget,
     check_budget_steps,
     check_denoise,
+    check_images_per_prompt,
     check_latent_channels,
     check_latent_image,
     check_model_inputs,
+    check_prompt_tree,
     end_step,
 )
 from .conditioning import CacheSized, PromptTreeSet
-from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line
+from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line, probe_rows
 from .report import plan_ui
 from .sockets import HIER_LATENT, MEASURED_KEY, PLAN_KEY, PROMPT_TREE
 
@@ -415,10 +417,12 @@ def spend_input() -> io.Combo.Input:
 
 
 def spent_budget(
-    budget: str, budget_value: float, steps: int, sampler_name: str, tree_from: str
+    budget: str, budget_value: float, steps: int, sampler_name: str, tree_from: str, n_prompts: int,
+    copies: int,
 ) -> tuple[int, str, float]:
     """(steps, budget, budget_value) that steps_then_sharing runs for the node's inputs."""
-    probe = 1 if tree_from == "first_step" else 0  # a first-step tree's probe is paid from the budget
+    # A first-step tree's probe is paid from the budget, spread over every image (copies included).
+    probe = probe_rows(tree_from, n_prompts) / (n_prompts * copies)
     try:
         chosen, spent = spend(check_budget(budget, budget_value), steps, sampler_name, probe)
     except ValueError as error:
@@ -445,7 +449,11 @@ class HierKSampler(io.ComfyNode):
         tree_from="prompt_tree", images_per_prompt=1, spend="sharing",
     ) -> io.NodeOutput:
         if spend == "steps_then_sharing":
-            steps, budget, budget_value = spent_budget(budget, budget_value, steps, sampler_name, tree_from)
+            check_prompt_tree(model, prompt_tree)
+            steps, budget, budget_value = spent_budget(
+                budget, budget_value, steps, sampler_name, tree_from,
+                prompt_tree.tree.n_prompts, check_images_per_prompt(images_per_prompt),
+            )  # fmt: skip
         elif spend != "sharing":
             raise ValueError(f"spend must be one of {', '.join(SPEND_MODES)}, got {spend!r}")
         hier, plan_json, ui = sample_trunk(

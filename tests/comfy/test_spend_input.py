@@ -8,6 +8,8 @@ Specification:
   many steps and shares nothing: each picture is stock KSampler's at the reduced step count;
 - below the minimum it runs the minimum's steps, shared down to the budget: the picture equals the node
   at that step count with an evaluations-per-image budget, and the network computes exactly the budget;
+- a first-step tree's probe (one evaluation per prompt) is paid from the budget, spread over every
+  image: none for a single prompt, half an evaluation per image with two images per prompt;
 - a tau budget (a threshold, not compute) is refused naming budget (the live preview planning the same
   steps is specified in test_plan_route.py).
 """
@@ -28,10 +30,11 @@ SEED = 11
 LATENT = {"samples": torch.zeros(1, 4, 8, 8)}
 
 
-def run(comfy, tree, *, steps=FULL_STEPS, sampler="euler", budget="tau", value=0.0, spend=None, model=None):
+def run(comfy, tree, *, steps=FULL_STEPS, sampler="euler", budget="tau", value=0.0, spend=None, model=None,
+        **optional):
     """(latents, plan) of Hierarchical KSampler; ``spend`` None leaves the optional input out."""
     node = comfy.classes["HierKSampler"]
-    extra = {} if spend is None else {"spend": spend}
+    extra = optional if spend is None else {**optional, "spend": spend}
     out = node.execute(
         model or comfy.model, tree, comfy.negative, LATENT, SEED, steps, 4.0, sampler, "normal", 1.0,
         budget, value, 64, "shared", "mean", **extra,
@@ -39,10 +42,14 @@ def run(comfy, tree, *, steps=FULL_STEPS, sampler="euler", budget="tau", value=0
     return out.args[0]["samples"], json.loads(out.args[1])
 
 
+def cluster(comfy, prompts: list[str]):
+    node = comfy.classes["HierPromptSetCluster"]
+    return node.execute([comfy.clip], ["\n".join(prompts)], ["ward"], ["clip_pooled"]).args[0]
+
+
 @pytest.fixture(scope="module")
 def tree(comfy):
-    cluster = comfy.classes["HierPromptSetCluster"]
-    return cluster.execute([comfy.clip], ["\n".join(PROMPTS)], ["ward"], ["clip_pooled"]).args[0]
+    return cluster(comfy, PROMPTS)
 
 
 def stock_ksampler(comfy, prompt: str, sampler: str, steps: int) -> torch.Tensor:
@@ -114,3 +121,24 @@ def test_a_budget_below_the_minimum_shares_at_the_minimum(comfy, tree, sampler) 
 def test_a_tau_budget_cannot_be_spent(comfy, tree) -> None:
     with pytest.raises(ValueError, match="^budget: .*target_saving or evaluations_per_image"):
         run(comfy, tree, budget="tau", value=0.5, spend="steps_then_sharing")
+
+
+@pytest.mark.parametrize(
+    ("prompts", "copies", "evaluations", "steps", "probe"),
+    [
+        (PROMPTS, 1, 5.0, 4, len(PROMPTS)),  # one evaluation per image for the probe: 4 steps left
+        (PROMPTS, 2, 5.5, 5, len(PROMPTS)),  # half an evaluation per image: 5 steps fit
+        (PROMPTS[:1], 1, 5.0, 5, 0),  # a single prompt needs no tree, so no probe
+    ],
+)
+def test_a_first_step_trees_probe_is_paid_from_the_budget(comfy, prompts, copies, evaluations, steps, probe):
+    model, counter = counting(comfy.model)
+    _, spent_plan = run(
+        comfy, cluster(comfy, prompts), budget="evaluations_per_image", value=evaluations,
+        spend="steps_then_sharing", model=model, tree_from="first_step", images_per_prompt=copies,
+    )  # fmt: skip
+    images = len(prompts) * copies
+    assert spent_plan["steps"] == steps
+    assert spent_plan["probe_evaluations"] == probe
+    assert spent_plan["model_evaluations"] == steps * images + probe  # nothing shared: it fits
+    assert counter["rows"] == 2 * spent_plan["model_evaluations"]
