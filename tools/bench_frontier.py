@@ -22,7 +22,8 @@ held-out sets), with win/tie/loss against the better pure strategy at each budge
     OMP_NUM_THREADS=1 nice .venv/bin/python -P tools/bench_frontier.py --sets held_out \\
         --seeds 0 1 --rule-from out/frontier-dev/records.jsonl --out out/frontier-held-out
 
-``--records FILE`` skips generation and tabulates existing records.
+``--committed-rule`` evaluates the rule the node runs (``hierdiff_core.spend``'s minimums) instead, e.g. on
+another domain's held-out sets. ``--records FILE`` skips generation and tabulates existing records.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hierdiff_core.spend import spent_steps
+from hierdiff_core.spend import minimum_steps, spent_steps
 from hierdiff_lab import charts
 from hierdiff_lab.scoring import win_tie_loss
 
@@ -182,6 +183,12 @@ def derive_minimums(records: list[Record], full_steps: int, step_counts: tuple[i
     return minimums
 
 
+def committed_minimums(records: list[Record]) -> dict[str, int]:
+    """The spend rule as the node runs it (hierdiff_core.spend.minimum_steps), for the records' samplers."""
+    shared = {r.sampler for r in records if r.steps > r.budget}
+    return {sampler: minimum_steps(sampler.split(":")[0]) for sampler in sorted(shared)}
+
+
 def vet_minimums(minimums: dict[str, int], records: list[Record], full_steps: int) -> dict[str, int]:
     """The minimums, checked on other (held-out) records: where a sampler's rule scores below the
     better pure strategy (fewer steps or pure sharing, by mean accuracy) at any budget there, its
@@ -293,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rule-from", type=Path, default=None, help="development records for the rule")
     parser.add_argument("--rule-check", type=Path, default=None,
                         help="held-out records that vet the rule (vet_minimums)")  # fmt: skip
+    parser.add_argument("--committed-rule", action="store_true",
+                        help="evaluate hierdiff_core.spend's minimums (instead of --rule-from)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "out" / "frontier")
     args = parser.parse_args(argv)
+    if args.committed_rule and args.rule_from:
+        parser.error("--committed-rule and --rule-from are two sources of the rule: give one")
     args.started = time.time()
     if not args.records:
         from hierdiff_lab import domains
@@ -309,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--sets: {error}")
     records = load_records(args.records) if args.records else collect(args)
     minimums = None
+    if args.committed_rule:
+        minimums = committed_minimums(records)
     if args.rule_from:
         minimums = derive_minimums(load_records(args.rule_from), args.full_steps, tuple(args.step_counts))
         if args.rule_check:
@@ -317,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"{args.domain}, sets {', '.join(sorted({r.set_name for r in records}))}, "
              f"seeds {sorted({r.seed for r in records})}, cfg 4, full {args.full_steps} steps"]  # fmt: skip
     if minimums:
-        lines.append(f"Spend rule's minimum steps per sampler (from {args.rule_from}): {minimums}")
+        source = "hierdiff_core.spend" if args.committed_rule else args.rule_from
+        lines.append(f"Spend rule's minimum steps per sampler (from {source}): {minimums}")
     if args.rule_check:
         lines.append(f"(derived {derived}, vetted on {args.rule_check})")
     lines += frontier_tables(records, args.full_steps, minimums)
