@@ -127,6 +127,28 @@ def x0_trajectory(model, clip, vae, prompts: list[str], settings: SamplingSettin
     return np.stack([decode(vae, x0) for x0 in predictions])
 
 
+def first_step_predictions(model, clip, prompts: list[str], settings: SamplingSettings) -> np.ndarray:
+    """(N, C, h, w) the x0 prediction of every prompt after the first step of the schedule, from the
+    seed's batch-1 noise that every prompt of a hierarchical run starts from, with guidance: what a
+    first-step tree clusters (``nodes.guider.first_step_tree``)."""
+    import comfy.sample
+    import comfy.samplers
+
+    latent = _empty_latent(settings, 1)["samples"]
+    rows = (len(prompts), *latent.shape[1:])
+    noise = comfy.sample.prepare_noise(latent, settings.seed).expand(rows)
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, settings.steps)
+    predictions: list[torch.Tensor] = []
+    comfy.sample.sample(
+        model, noise, 1, settings.cfg, settings.sampler_name, settings.scheduler,
+        _batch_positive(clip, prompts), _encode(clip, ""), latent.expand(rows),
+        callback=lambda step, x0, x, total: predictions.append(x0.detach().clone()),
+        disable_pbar=True, seed=settings.seed, sigmas=sigmas[:2],
+    )  # fmt: skip
+    return predictions[0].float().cpu().numpy()
+
+
 def hierarchical(
     node_classes: dict[str, type],
     model,
@@ -138,12 +160,14 @@ def hierarchical(
     budget_value: float,
     tree_from: str = "prompt_tree",
     images_per_prompt: int = 1,
+    conditioning_mix: str = "mean",
 ) -> Generation:
     """hierdiff's Prompt Set Cluster then Hierarchical KSampler (every prompt starts from the noise
     stock KSampler draws for the seed and a batch of one). ``budget``: "target_saving", "tau" (0 is
     ordinary sampling, equal to stock KSampler per prompt) or "evaluations_per_image"; ``tree_from``:
     the sampler's tree source ("prompt_tree" or "first_step"); ``images_per_prompt`` copies of each
-    prompt, prompt after prompt."""
+    prompt, prompt after prompt; ``conditioning_mix``: what a group is conditioned on ("mean" as
+    published, or "medoid")."""
     cluster, sampler = node_classes["HierPromptSetCluster"], node_classes["HierKSampler"]
     prompt_tree = cluster.execute(
         clip=[clip], prompts=["\n".join(prompts)], linkage=["ward"], embedding=["clip_pooled"]
@@ -163,7 +187,7 @@ def hierarchical(
         budget_value=budget_value,
         max_batch=64,
         noise_mode="shared",
-        conditioning_mix="mean",
+        conditioning_mix=conditioning_mix,
         tree_from=tree_from,
         images_per_prompt=images_per_prompt,
     )

@@ -20,6 +20,7 @@ per image (conditional rows; guidance doubles both sides alike): accuracy, and p
 
     .venv/bin/python tools/bench_fidelity.py [--savings 0.25 0.5 0.75 0.8] [--seeds 0 1] [--out DIR]
         [--sampler dpmpp_2m --scheduler karras] [--sets variations attribute_grid wording]
+        [--mix medoid]
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--sampler", default="euler", help="a ComfyUI sampler name")
     parser.add_argument("--scheduler", default="normal", help="a ComfyUI scheduler name")
+    parser.add_argument("--mix", choices=("mean", "medoid"), default="mean",
+                        help="what a group is conditioned on (mean: as published)")  # fmt: skip
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the trained shapes model")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "fidelity")
     args = parser.parse_args(argv)
@@ -131,8 +134,9 @@ class Bench:
         from hierdiff_lab import comfy_generation
 
         generation = comfy_generation.hierarchical(
-            self.node_classes, self.model, self.clip, self.vae, prompts, settings, budget, value, tree_from
-        )
+            self.node_classes, self.model, self.clip, self.vae, prompts, settings, budget, value, tree_from,
+            conditioning_mix=self.args.mix,
+        )  # fmt: skip
         return generation, score(generation.images, prompts, generation.model_evaluations)
 
     def add_point(self, method: str, saving: float, scores: Scores, pixel_diff: float) -> None:
@@ -282,7 +286,7 @@ def write_results(bench: Bench, means: dict, summary: list[str]) -> None:
     ]
     title = (
         f"{bench.checkpoint.name}, {args.sampler}/{args.scheduler} {args.steps} steps, "
-        "mean over sets and seeds"
+        f"{args.mix} conditioning, mean over sets and seeds"
     )
     charts.plot(panels, args.out / "accuracy_vs_evaluations.png", title)
     text = "\n".join(summary) + "\n\n" + "\n".join(bench.rows) + "\n"
