@@ -354,6 +354,8 @@ class PlanView {
         const treeFrom = queued?.treeFrom ?? inputs.treeFrom;
         this.running = null;
         this.error = null;
+        // A preview still on its way for these same inputs would replace the run's own plan with a guess.
+        if (this.requested === key) this.cancelPreview();
         this.setData({ model, key, origin: "run", notes: [], treeFrom });
         if (treeRaw != null) {
             this.node.hierdiffRunTree = { tree: parsed, key };
