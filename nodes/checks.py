@@ -269,7 +269,8 @@ def check_composable(model_options: dict) -> None:
 
 def check_images_per_prompt(copies: object) -> int:
     """images_per_prompt as a whole number >= 1."""
-    whole = isinstance(copies, (int, float)) and not isinstance(copies, bool) and int(copies) == copies
+    # numbers.Real, not int: numpy integers (a script's batch arithmetic) were accepted before this check.
+    whole = isinstance(copies, Real) and not isinstance(copies, bool) and int(copies) == copies
     if not whole or copies < 1:
         raise ValueError(f"images_per_prompt must be a whole number >= 1, got {copies!r}")
     return int(copies)
