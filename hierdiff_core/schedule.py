@@ -64,7 +64,7 @@ class Budget(tuple):
 
     mode is one of :data:`BUDGET_MODES`: "tau" (the threshold at step 0, >= 0, used as given),
     "target_saving" (fraction of model evaluations saved, in [0, 1)) or "evaluations_per_image"
-    (average model evaluations per image, in [1, K] for K steps: :meth:`check`).
+    (average model evaluations per image, in [1, K + probe] for K steps: :meth:`check`).
     Compares equal to the plain tuple ``(mode, value)``. ValueError (one line) on bad input.
     """
 
@@ -105,12 +105,14 @@ class Budget(tuple):
             raise ValueError(f"give exactly one of tau, target_saving, evaluations_per_image (got {which})")
         return cls(*given[0])
 
-    def check(self, steps: int) -> Budget:
-        """This budget, checked against a step count (evaluations per image can be at most K)."""
+    def check(self, steps: int, probe_per_image: float = 0.0) -> Budget:
+        """This budget, checked against a step count: evaluations per image can be at most K, plus what a
+        probe choosing the tree spends per image before step 0 (the budget pays for it too)."""
         steps = _check_steps(steps)
-        if self.mode == "evaluations_per_image" and not 1.0 <= self.value <= steps:
+        most = steps + probe_per_image
+        if self.mode == "evaluations_per_image" and not 1.0 <= self.value <= most + 1e-9:
             raise ValueError(
-                f"evaluations per image must be in [1, {steps}] for {steps} steps, got {self.value!r}"
+                f"evaluations per image must be in [1, {most:g}] for {steps} steps, got {self.value!r}"
             )
         return self
 
@@ -460,9 +462,9 @@ def plan(
         budget = Budget.from_options(tau, target_saving, evaluations_per_image)
     elif any(v is not None for v in (tau, target_saving, evaluations_per_image)):
         raise ValueError("give a Budget or one of tau, target_saving, evaluations_per_image, not both")
-    budget = Budget(*budget).check(steps)
-    mode, value = budget
     probe = _check_probe(probe_evaluations)
+    budget = Budget(*budget).check(steps, probe / tree.n_prompts)
+    mode, value = budget
     if mode == "tau":
         return Plan(tree, steps, value, budget=budget, probe_evaluations=probe)
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 
+from .layout import steps_within
 from .schedule import Budget
+from .tree import PromptTree
 
-SPEND_MODES = ("sharing", "steps_then_sharing")
+SPEND_MODES = ("sharing", "steps_then_sharing", "sharing_within_layout")
 """sharing: keep the run's steps and share down to the budget (published); steps_then_sharing: cut steps
-down to the sampler's minimum first, share for the rest."""
+down to the sampler's minimum first, share for the rest; sharing_within_layout: share only among prompts
+whose first-step layouts agree, and cut steps where that cannot reach the budget
+(:func:`spend_within_layout`)."""
 
 MINIMUM_STEPS: dict[str, int] = {"euler": 3, "euler_ancestral": 3, "dpmpp_2m": 8, "dpmpp_2m_sde": 10}
 """Per ComfyUI sampler name: the fewest steps the rule cuts to before it shares. Measured on the shapes
@@ -59,14 +63,14 @@ def minimum_steps(sampler_name: str) -> int:
     return MINIMUM_STEPS.get(sampler_name, DEFAULT_MINIMUM_STEPS)
 
 
-def spent_steps(evaluations: float, steps: int, minimum: int, probe_per_image: int = 0) -> int:
+def spent_steps(evaluations: float, steps: int, minimum: int, probe_per_image: float = 0.0) -> int:
     """K' = min(K, max(ceil(E - probe), minimum)): the steps a run of ``steps`` steps takes for
     ``evaluations`` per image when it cuts steps no lower than ``minimum``."""
     reduced = max(1, math.ceil(evaluations - probe_per_image - 1e-9))
     return min(steps, max(reduced, minimum))
 
 
-def spend(budget: Budget, steps: int, sampler_name: str, probe_per_image: int = 0) -> tuple[int, Budget]:
+def spend(budget: Budget, steps: int, sampler_name: str, probe_per_image: float = 0.0) -> tuple[int, Budget]:
     """Where steps_then_sharing spends ``budget`` for a run of ``steps`` steps with ``sampler_name``.
 
     Returns (K', budget at K'): K' (:func:`spent_steps`) steps for E evaluations per image, and tau 0
@@ -76,4 +80,22 @@ def spend(budget: Budget, steps: int, sampler_name: str, probe_per_image: int = 
     chosen = spent_steps(evaluations, steps, minimum_steps(sampler_name), probe_per_image)
     if chosen + probe_per_image <= evaluations + 1e-9:
         return chosen, Budget("tau", 0.0)
-    return chosen, Budget("evaluations_per_image", evaluations).check(chosen)
+    return chosen, Budget("evaluations_per_image", evaluations).check(chosen, probe_per_image)
+
+
+def spend_within_layout(
+    budget: Budget, steps: int, sampler_name: str, tree: PromptTree, ceiling: float, probe_per_image: float
+) -> tuple[int, Budget]:
+    """Where sharing_within_layout spends ``budget`` for a run of ``steps`` steps, on a tree whose merges
+    at or below ``ceiling`` stay within a layout (:func:`hierdiff_core.layout.within_groups`).
+
+    Returns (K', budget at K'): the most steps, at most K, whose sharing within the layouts reaches E
+    evaluations per image (the probe included); where it cannot, fewer steps, but never below the
+    sampler's minimum (:func:`minimum_steps`, where cutting steps breaks the sampler): there prompts of
+    different layouts share too, those merges splitting first. tau 0 when K' steps fit in E."""
+    evaluations = budget_evaluations(budget, steps)
+    within = steps_within(tree, ceiling, evaluations - probe_per_image, steps)
+    chosen = max(within, min(steps, minimum_steps(sampler_name)))
+    if chosen + probe_per_image <= evaluations + 1e-9:
+        return chosen, Budget("tau", 0.0)
+    return chosen, Budget("evaluations_per_image", evaluations).check(chosen, probe_per_image)

@@ -161,13 +161,14 @@ def hierarchical(
     tree_from: str = "prompt_tree",
     images_per_prompt: int = 1,
     conditioning_mix: str = "mean",
+    spend: str = "sharing",
 ) -> Generation:
     """hierdiff's Prompt Set Cluster then Hierarchical KSampler (every prompt starts from the noise
     stock KSampler draws for the seed and a batch of one). ``budget``: "target_saving", "tau" (0 is
     ordinary sampling, equal to stock KSampler per prompt) or "evaluations_per_image"; ``tree_from``:
     the sampler's tree source ("prompt_tree" or "first_step"); ``images_per_prompt`` copies of each
     prompt, prompt after prompt; ``conditioning_mix``: what a group is conditioned on ("mean" as
-    published, or "medoid")."""
+    published, or "medoid"); ``spend``: how the budget is spent (the sampler's ``spend`` input)."""
     cluster, sampler = node_classes["HierPromptSetCluster"], node_classes["HierKSampler"]
     prompt_tree = cluster.execute(
         clip=[clip], prompts=["\n".join(prompts)], linkage=["ward"], embedding=["clip_pooled"]
@@ -190,6 +191,7 @@ def hierarchical(
         conditioning_mix=conditioning_mix,
         tree_from=tree_from,
         images_per_prompt=images_per_prompt,
+        spend=spend,
     )
     latent, plan_json = output.result
     plan = json.loads(plan_json)

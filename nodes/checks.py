@@ -286,10 +286,11 @@ def check_budget(mode: str, value: float) -> Budget:
         raise ValueError(f"budget_value: {error}") from error
 
 
-def check_budget_steps(budget: Budget, steps: int) -> Budget:
-    """The budget checked against the run's step count (evaluations per image are at most the steps)."""
+def check_budget_steps(budget: Budget, steps: int, probe_per_image: float = 0.0) -> Budget:
+    """The budget checked against the run's step count (evaluations per image are at most the steps,
+    plus what a probe choosing the tree spends per image)."""
     try:
-        return budget.check(steps)
+        return budget.check(steps, probe_per_image)
     except ValueError as error:
         if budget.mode != "evaluations_per_image":
             raise

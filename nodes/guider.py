@@ -36,7 +36,7 @@ from hierdiff_core.engine import (
 from hierdiff_core.schedule import Plan, copies_split_step
 from hierdiff_core.schedule import plan as make_plan
 from hierdiff_core.step_cache import GroupStepCache
-from hierdiff_core.tree import build_tree
+from hierdiff_core.tree import PromptTree, build_tree
 
 from .attention_guidance import GroupedAttentionMaps
 from .checks import check_composable, check_images_per_prompt, check_sigmas
@@ -53,6 +53,12 @@ def probe_rows(tree_from: str, n_prompts: int) -> int:
     """Model evaluations a run spends choosing its tree before step 0: a first-step tree evaluates each
     of the ``n_prompts`` prompts once (before any copies), and a single prompt needs no tree."""
     return n_prompts if tree_from == "first_step" and n_prompts > 1 else 0
+
+
+def probe_per_image(tree_from: str, n_prompts: int, copies: int) -> float:
+    """What choosing the tree costs each image, in model evaluations: :func:`probe_rows` spread over the
+    ``n_prompts * copies`` images (the budget pays for it)."""
+    return probe_rows(tree_from, n_prompts) / (n_prompts * copies)
 
 
 # Samplers whose default noise is a Brownian tree: a group's tree answers by noise level, so it is
@@ -106,6 +112,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
     ``tree_from="first_step"`` the tree comes from :func:`first_step_tree` on the noise being sampled).
     ``sigmas`` is the whole schedule a trunk/branch run is part of; None means the sigmas given to
     :meth:`sample`. ``copies`` > 1 samples that many images per prompt (see :meth:`_copies_apart`).
+    ``probe``: what a first-step probe run beforehand cost, when it chose ``prompt_set``'s tree (the plan
+    and the measured count include it).
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         mix: str = "mean",
         tree_from: str = "prompt_tree",
         copies: int = 1,
+        probe: EvaluationCount | None = None,
     ):
         model_patcher, self.easycache = without_easycache(model_patcher)
         super().__init__(model_patcher)
@@ -132,6 +141,8 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"tree_from must be one of {TREE_SOURCES}, got {tree_from!r}")
         if tree_from == "first_step" and plan_fn is None:
             raise ValueError("a first-step tree is chosen while sampling: give a plan_fn, not a plan")
+        if probe is not None and (plan_fn is None or tree_from != "prompt_tree"):
+            raise ValueError("a tree chosen by an earlier probe needs a plan_fn and tree_from='prompt_tree'")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if int(max_batch) < 1:
@@ -148,6 +159,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         self.noise_mode = noise_mode
         self.mix = mix
         self.tree_from = tree_from
+        self.probe = probe
         self.negative = negative
         self.count = EvaluationCount()
         self._context = None
@@ -266,10 +278,10 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         the first-step probe cost, None when there was none."""
         if self.plan_fn is None:
             return None
-        probe = None
+        probe = self.probe
         prompt_set = self.source_set
-        rows = probe_rows(self.tree_from, prompt_set.tree.n_prompts)
-        if rows:
+        rows = probe_rows("first_step" if probe is not None else self.tree_from, prompt_set.tree.n_prompts)
+        if rows and probe is None:
             prompt_set, probe = first_step_tree(
                 self.model_patcher, prompt_set, self.negative, self.cfg, noise, latent_image,
                 full_sigmas, self.max_batch, denoise_mask, seed,
@@ -411,7 +423,7 @@ class HierarchicalGuider(comfy.samplers.CFGGuider):
         return executor(model, shape, conds, model_options=model_options, **options)
 
 
-def first_step_tree(
+def first_step_predictions(
     model_patcher,
     prompt_set: PromptTreeSet,
     negative: list,
@@ -422,13 +434,11 @@ def first_step_tree(
     max_batch: int,
     denoise_mask: torch.Tensor | None,
     seed: int,
-) -> tuple[PromptTreeSet, EvaluationCount]:
-    """The prompt set re-clustered on the model's first-step predictions, and what that cost.
+) -> tuple[torch.Tensor, EvaluationCount]:
+    """Every prompt's predicted clean latent after the first step, (N, C, [T,] H, W), and what it cost.
 
-    Every prompt is evaluated once at ``sigmas[0]`` from the run's own starting noise (its first row),
-    with guidance as configured; the (N, C, [T,] H, W) predicted clean latents are clustered with Ward linkage
-    over Euclidean distances. Prompts whose predictions agree there are what the model itself draws
-    alike early on, whatever their texts' embeddings say.
+    Each prompt is evaluated once at ``sigmas[0]`` from the run's own starting noise (its first row),
+    with guidance as configured: what the model itself draws for it early on.
     """
     probe = HierarchicalGuider(
         model_patcher,
@@ -454,11 +464,39 @@ def first_step_tree(
         disable_pbar=True,
         seed=seed,
     )
-    flat = predictions["x0"].float().cpu().reshape(prompt_set.tree.n_prompts, -1).numpy()
-    tree = build_tree(flat, "ward", "euclidean", prompt_set.prompts)
+    return predictions["x0"].float().cpu(), probe.count
+
+
+def first_step_tree(
+    model_patcher,
+    prompt_set: PromptTreeSet,
+    negative: list,
+    cfg: float,
+    noise: torch.Tensor,
+    latent_image: torch.Tensor,
+    sigmas: torch.Tensor,
+    max_batch: int,
+    denoise_mask: torch.Tensor | None,
+    seed: int,
+) -> tuple[PromptTreeSet, EvaluationCount]:
+    """The prompt set re-clustered on the model's first-step predictions, and what that cost.
+
+    The predictions (:func:`first_step_predictions`) are clustered with Ward linkage over Euclidean
+    distances: prompts whose predictions agree there are what the model itself draws alike early on,
+    whatever their texts' embeddings say.
+    """
+    x0, count = first_step_predictions(
+        model_patcher, prompt_set, negative, cfg, noise, latent_image, sigmas, max_batch, denoise_mask, seed
+    )
     # Only the tree changes: embedding_space still says what the conditioning carries (prior-space sets
     # bring per-prompt unCLIP rows).
-    return dataclasses.replace(prompt_set, tree=tree), probe.count
+    return dataclasses.replace(prompt_set, tree=predicted_tree(prompt_set, x0)), count
+
+
+def predicted_tree(prompt_set: PromptTreeSet, x0: torch.Tensor) -> PromptTree:
+    """Ward linkage over Euclidean distances between the prompts' first-step predictions (N, ...)."""
+    flat = x0.reshape(prompt_set.tree.n_prompts, -1).numpy()
+    return build_tree(flat, "ward", "euclidean", prompt_set.prompts)
 
 
 def _model_inputs(model, x: torch.Tensor, timestep: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,8 @@ node would do with the inputs on screen, before anything is queued. The body is 
 - ``steps`` (optional; without it only the tree is made), ``budget``, ``budget_value`` (defaults
   "target_saving", 0.5), ``tree_from`` (default "prompt_tree"), ``spend`` (default "sharing") and, for
   spend "steps_then_sharing", ``sampler_name``: the sampler's widgets (the plan then has the steps that
-  spend chose).
+  spend chose). Spend "sharing_within_layout" plans from the model's first-step predictions, which only
+  a run has: it is refused naming ``spend``.
 
 The answer: ``{"plan": Plan.to_dict() or null, "tree": PromptTree.to_dict() or null (only without
 steps), "summary", "tree_source": "run" | "sentence", "preview_tree": bool, "notes": [str]}``. Bad
@@ -48,7 +49,7 @@ from hierdiff_core.spend import SPEND_MODES, spend
 from hierdiff_core.tree import METHODS, PromptTree, build_tree
 
 from .cluster import EMBEDDING_SOURCES
-from .guider import TREE_SOURCES, probe_rows
+from .guider import TREE_SOURCES, probe_per_image, probe_rows
 
 PREVIEW_PATH = "/hierdiff/plan_preview"
 PROMPTS_PATH = "/hierdiff/prompts"
@@ -176,13 +177,15 @@ def preview(body: Any) -> dict[str, Any]:
         except ValueError as err:
             field = "budget_value" if str(err).startswith("evaluations per image") else "steps"
             raise FieldError(field, str(err)) from None
-        if _choice(body, "spend", SPEND_MODES, "sharing") == "steps_then_sharing":
+        spend_mode = _choice(body, "spend", SPEND_MODES, "sharing")
+        if spend_mode == "sharing_within_layout":
+            raise FieldError("spend", "sharing_within_layout plans from the model's first step: run to see")
+        if spend_mode == "steps_then_sharing":
             sampler_name = body.get("sampler_name")
             if not isinstance(sampler_name, str):
                 raise FieldError("sampler_name", f"must be a sampler's name, got {sampler_name!r}")
             try:
-                probe = probe_rows(tree_from, len(texts)) / len(texts)
-                steps, budget = spend(budget, steps, sampler_name, probe)
+                steps, budget = spend(budget, steps, sampler_name, probe_per_image(tree_from, len(texts), 1))
             except ValueError as err:
                 raise FieldError("budget", str(err)) from None
 

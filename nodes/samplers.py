@@ -19,8 +19,10 @@ import torch
 from comfy_api.latest import io
 
 from hierdiff_core.engine import CONDITIONING_MIXES
+from hierdiff_core.layout import layout_groups, within_groups
 from hierdiff_core.schedule import BUDGET_MODES, MAX_STEPS, Budget, Plan, plan
-from hierdiff_core.spend import SPEND_MODES, spend
+from hierdiff_core.spend import SPEND_MODES, spend, spend_within_layout
+from hierdiff_core.tree import with_copies
 
 from .checks import (
     TRUNK_INPUT,
@@ -35,7 +37,16 @@ from .checks import (
     end_step,
 )
 from .conditioning import CacheSized, PromptTreeSet
-from .guider import NOISE_MODES, TREE_SOURCES, HierarchicalGuider, measured_line, probe_rows
+from .guider import (
+    NOISE_MODES,
+    TREE_SOURCES,
+    EvaluationCount,
+    HierarchicalGuider,
+    first_step_predictions,
+    measured_line,
+    predicted_tree,
+    probe_per_image,
+)
 from .report import plan_ui
 from .sockets import HIER_LATENT, MEASURED_KEY, PLAN_KEY, PROMPT_TREE
 
@@ -212,7 +223,7 @@ def planner(budget: Budget):
     """The guider's ``plan_fn`` for a budget."""
 
     def plan_for(prompt_set: PromptTreeSet, steps: int, probe_evaluations: int) -> Plan:
-        budget_for_run = check_budget_steps(budget, steps)
+        budget_for_run = check_budget_steps(budget, steps, probe_evaluations / prompt_set.tree.n_prompts)
         try:
             return plan(prompt_set.tree, steps, budget_for_run, probe_evaluations=probe_evaluations)
         except ValueError as error:  # a target the tree cannot reach: the message says the most it can
@@ -234,10 +245,12 @@ def planning_guider(
     tree_from: str,
     sigmas: torch.Tensor | None = None,
     copies: int = 1,
+    probe: EvaluationCount | None = None,
 ) -> HierarchicalGuider:
     """The guider every planning node hands over to: it plans for the budget (and, for a first-step
     tree, chooses the tree) when it sees the run's sigmas and noise. ``sigmas``: the whole run's, when
-    the guider samples only part of it (a trunk)."""
+    the guider samples only part of it (a trunk); ``probe``: what choosing ``prompt_tree``'s tree
+    beforehand cost."""
     return HierarchicalGuider(
         model,
         prompt_tree,
@@ -250,6 +263,7 @@ def planning_guider(
         mix=mix,
         tree_from=tree_from,
         copies=copies,
+        probe=probe,
     )
 
 
@@ -357,16 +371,20 @@ def sample_trunk(
     conditioning_mix: str,
     tree_from: str = "prompt_tree",
     copies: int = 1,
+    probe: EvaluationCount | None = None,
 ) -> tuple[HierLatent, str, dict]:
-    """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default)."""
+    """Plan a prompt tree's run and sample its first ``end_at_step`` steps (all of them by default).
+    ``probe``: what choosing ``prompt_tree``'s tree beforehand cost (:func:`within_layout`)."""
     check_model_inputs(model, prompt_tree, negative, cfg)
     latent = check_latent_image(model, latent_image)
     sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
-    check_budget_steps(check_budget(budget, budget_value), len(sigmas) - 1)
+    probed = "first_step" if probe is not None else tree_from
+    probe_share = probe_per_image(probed, prompt_tree.tree.n_prompts, check_images_per_prompt(copies))
+    check_budget_steps(check_budget(budget, budget_value), len(sigmas) - 1, probe_share)
     end = end_step(end_at_step, len(sigmas) - 1, 0)
     guider = planning_guider(
         model, prompt_tree, negative, cfg, budget, budget_value, max_batch, noise_mode, conditioning_mix,
-        tree_from, sigmas, copies,
+        tree_from, sigmas, copies, probe,
     )  # fmt: skip
     samples = run_steps(
         model, guider, latent, sigmas, 0, end, sampler_name, seed, True, latent_image.get("noise_mask")
@@ -422,12 +440,49 @@ def spent_budget(
 ) -> tuple[int, str, float]:
     """(steps, budget, budget_value) that steps_then_sharing runs for the node's inputs."""
     # A first-step tree's probe is paid from the budget, spread over every image (copies included).
-    probe = probe_rows(tree_from, n_prompts) / (n_prompts * copies)
+    probe = probe_per_image(tree_from, n_prompts, copies)
     try:
         chosen, spent = spend(check_budget(budget, budget_value), steps, sampler_name, probe)
     except ValueError as error:
         raise ValueError(f"budget: {error}") from error
     return chosen, spent.mode, spent.value
+
+
+def within_layout(
+    model, prompt_tree: PromptTreeSet, negative, latent_image: dict, seed: int, steps: int, cfg: float,
+    sampler_name: str, scheduler: str, denoise: float, budget: str, budget_value: float, max_batch: int,
+    copies: int,
+) -> tuple[PromptTreeSet, EvaluationCount, int, str, float]:
+    """What sharing_within_layout runs: (the set with its first-step tree kept within layouts, what the
+    probe cost, steps, budget, budget_value).
+
+    The probe evaluates every prompt once on the seed's noise at the first sigma; the prompts are grouped
+    by the layouts of those predictions (:func:`hierdiff_core.layout.layout_groups`) and the first-step
+    tree keeps its sharing inside the groups; the budget then chooses the steps
+    (:func:`hierdiff_core.spend.spend_within_layout`)."""
+    check_model_inputs(model, prompt_tree, negative, cfg)
+    latent = check_latent_image(model, latent_image)
+    sigmas = full_sigmas(model, steps, sampler_name, scheduler, denoise)
+    wanted = check_budget_steps(check_budget(budget, budget_value), len(sigmas) - 1)
+    probe, tree, ceiling = None, prompt_tree.tree, 0.0
+    if tree.n_prompts > 1:
+        noise = comfy.sample.prepare_noise(latent[:1], seed)
+        x0, probe = first_step_predictions(
+            model, prompt_tree, negative, cfg, noise, latent, sigmas, max_batch,
+            latent_image.get("noise_mask"), seed,
+        )  # fmt: skip
+        tree, ceiling = within_groups(predicted_tree(prompt_tree, x0), layout_groups(x0.numpy()))
+    copied = with_copies(tree, copies)
+    if tree.n_prompts == 1:  # one prompt, one layout: its copies may share throughout
+        ceiling = float(copied.heights.max(initial=0.0))
+    probe_share = probe_per_image("first_step", tree.n_prompts, copies)
+    try:
+        chosen, spent = spend_within_layout(
+            wanted, len(sigmas) - 1, sampler_name, copied, ceiling, probe_share
+        )
+    except ValueError as error:
+        raise ValueError(f"budget: {error}") from error
+    return dataclasses.replace(prompt_tree, tree=tree), probe, chosen, spent.mode, spent.value
 
 
 class HierKSampler(io.ComfyNode):
@@ -448,18 +503,25 @@ class HierKSampler(io.ComfyNode):
         budget, budget_value, max_batch, noise_mode, conditioning_mix,
         tree_from="prompt_tree", images_per_prompt=1, spend="sharing",
     ) -> io.NodeOutput:
+        probe = None
         if spend == "steps_then_sharing":
             check_prompt_tree(model, prompt_tree)
             steps, budget, budget_value = spent_budget(
                 budget, budget_value, steps, sampler_name, tree_from,
                 prompt_tree.tree.n_prompts, check_images_per_prompt(images_per_prompt),
             )  # fmt: skip
+        elif spend == "sharing_within_layout":
+            prompt_tree, probe, steps, budget, budget_value = within_layout(
+                model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
+                denoise, budget, budget_value, max_batch, check_images_per_prompt(images_per_prompt),
+            )  # fmt: skip
+            tree_from = "prompt_tree"  # the probe chose the tree
         elif spend != "sharing":
             raise ValueError(f"spend must be one of {', '.join(SPEND_MODES)}, got {spend!r}")
         hier, plan_json, ui = sample_trunk(
             model, prompt_tree, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
             budget, budget_value, MAX_STEPS, max_batch, noise_mode, conditioning_mix, tree_from,
-            images_per_prompt,
+            images_per_prompt, probe,
         )
         return io.NodeOutput({"samples": hier.samples}, plan_json, ui=ui)
 

@@ -173,11 +173,13 @@ function inputsOf(node, role, memo) {
         tree_from: widget(node, "tree_from").value ?? "prompt_tree",
     };
     // Only when set, so that the keys of plans saved before spend existed still match.
-    if (widget(node, "spend").value === "steps_then_sharing") {
-        Object.assign(fields, { spend: "steps_then_sharing", sampler_name: widget(node, "sampler_name").value });
+    const spend = widget(node, "spend").value;
+    if (spend && spend !== "sharing") {
+        Object.assign(fields, { spend, sampler_name: widget(node, "sampler_name").value });
     }
+    const fromModel = spend === "sharing_within_layout";
     let key = `${node.type}${JSON.stringify(fields)}${via ? upstreamKey(via, memo) : ""}|${treeKey}`;
-    if (fields.tree_from === "first_step") {
+    if (fields.tree_from === "first_step" || fromModel) {
         // The tree then comes from the model's predictions on the seed's noise: everything upstream
         // counts, and for a guider its sampler's inputs (noise, sigmas) too.
         key += `|${upstreamKey(node, memo)}|${downstream(node, 0).map((s) => upstreamKey(s, memo)).join(",")}`;
@@ -186,7 +188,9 @@ function inputsOf(node, role, memo) {
     const base = tree
         ? { prompts: tree.prompts, linkage: tree.method, embedding: "sentence", tree }
         : clusterFields(treeNode);
-    const why = problem ?? (base ? null : "the tree comes from another node at run time: run to see the plan");
+    const why = problem
+        ?? (fromModel ? "sharing within layouts plans from the model's first step: run to see the plan" : null)
+        ?? (base ? null : "the tree comes from another node at run time: run to see the plan");
     return { key, request: why ? null : { ...base, ...fields }, problem: why, treeNode, treeKey, treeFrom: fields.tree_from };
 }
 

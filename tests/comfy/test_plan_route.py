@@ -9,7 +9,8 @@ Specification:
 - without steps only the tree is made; with ``tree_from = first_step`` the plan counts one probe
   evaluation per prompt and says that the tree is chosen at run time;
 - with ``spend = steps_then_sharing`` the plan has the steps and budget that hierdiff_core.spend gives
-  for the sampler (what the node runs);
+  for the sampler (what the node runs); ``spend = sharing_within_layout``, which plans from the model's
+  first step, is refused naming spend;
 - an edit that adds one prompt encodes only that prompt;
 - bad input gets HTTP 400 and one line that names the field;
 - the pack loads where there is no server (the in-process host) and registers nothing there; on the
@@ -186,6 +187,7 @@ BAD_FIELDS = [
     ("spend", {"spend": "cheapest"}),
     ("sampler_name", {"spend": "steps_then_sharing"}),
     ("budget", {"spend": "steps_then_sharing", "sampler_name": "euler", "budget": "tau"}),
+    ("spend", {"spend": "sharing_within_layout"}),  # only a run has the model's first step
     ("prompts", {"prompts": " \n \n"}),
     ("prompts", {"prompts": 7}),
     ("prompts", {"prompts": ["a cat", 3]}),

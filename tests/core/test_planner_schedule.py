@@ -216,6 +216,17 @@ def test_probe_evaluations_are_counted_and_paid_for_inside_the_budget(embedded, 
         plan(tree, STEPS, tau=0.0, probe_evaluations=-1)
 
 
+def test_a_budget_in_evaluations_per_image_may_exceed_the_steps_by_the_probes_share(embedded):
+    _, E = embedded("style_variations")
+    tree = build_tree(E)
+    n = tree.n_prompts
+    schedule = plan(tree, STEPS, evaluations_per_image=STEPS + 0.5, probe_evaluations=n)
+    assert schedule.model_evaluations <= (STEPS + 0.5) * n
+    assert 0 < schedule.tau  # half the probe's evaluation per image is paid by sharing
+    with pytest.raises(ValueError, match=rf"must be in \[1, {STEPS}\] for {STEPS} steps"):
+        plan(tree, STEPS, evaluations_per_image=STEPS + 0.5)
+
+
 def test_plan_json_carries_the_probe_and_reads_plans_written_before_it(embedded):
     _, E = embedded("demo")
     schedule = plan(build_tree(E), STEPS, tau=0.5, probe_evaluations=6)

@@ -59,3 +59,10 @@ def test_tau_is_not_an_amount_of_compute() -> None:
 def test_unmeasured_samplers_take_the_largest_measured_minimum() -> None:
     assert DEFAULT_MINIMUM_STEPS == max(MINIMUM_STEPS.values())
     assert spend(Budget("evaluations_per_image", 1.0), 20, "no_such_sampler")[0] == DEFAULT_MINIMUM_STEPS
+
+
+def test_a_probe_may_leave_more_evaluations_than_steps_to_share() -> None:
+    # 5.8 evaluations, 1 for the probe: 5 steps need 0.2 per image shared, and the budget, 5.8 for 5 steps,
+    # counts the probe's evaluation on top of the steps.
+    assert spend(Budget("evaluations_per_image", 5.8), 20, "euler", probe_per_image=1) == (
+        5, ("evaluations_per_image", 5.8))  # fmt: skip
